@@ -1,0 +1,79 @@
+"""Chapter 5: the training loop.
+
+Each step takes one document (5.1), turns it into input/target pairs (5.2), runs the model
+over it (5.3), scores the predictions with cross-entropy (5.4), backpropagates (5.5), lets Adam
+(5.6) move every parameter by the decayed learning rate (5.7), and zeroes the gradients (5.8).
+The engine does the arithmetic; this loop is the same for all of them. Standard library only.
+
+Exports: `train`, `batch_docs`, `TrainingDiverged`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from .config import Config
+from .engines.base import Engine
+from .optim import learning_rate
+from .tokenizer import Tokenizer
+
+# Called after every step with (step, loss, lr_t); returning True stops the loop there.
+StepCallback = Callable[[int, float, float], bool]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became infinite or NaN: the step (1-based) and loss are attached."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"loss became {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+def batch_docs(docs: list[str], step: int, batch_size: int) -> list[str]:
+    """5.1: step s takes the next batch_size documents, cycling through the dataset.
+
+    With batch_size 1 this is the book's docs[step % len(docs)].
+    """
+    return [docs[(step * batch_size + b) % len(docs)] for b in range(batch_size)]
+
+
+def train(engine: Engine, docs: list[str], tokenizer: Tokenizer, config: Config, start_step: int = 0,
+          on_step: StepCallback | None = None, rank: int = 0, world_size: int = 1) -> int:
+    """Run steps start_step .. num_steps-1; returns the number of steps completed.
+
+    In a run of several processes each takes its own slice of the step's documents; the
+    engine averages the gradients across them.
+    """
+    for step in range(start_step, config.num_steps):
+        # 5.1: one step, one document (or one batch of them).
+        step_docs = batch_docs(docs, step, config.batch_size)
+        step_docs = step_docs[rank * len(step_docs) // world_size:(rank + 1) * len(step_docs) // world_size]
+
+        # 5.2: [BOS] + characters + [BOS]; position p predicts token p+1 (at most block_size of them).
+        batch = [tokenizer.example(doc) for doc in step_docs]
+
+        if config.zero_grad_before:
+            engine.zero_grad()  # 5.8, the other convention: zero first, same effect
+
+        # 5.3 and 5.4: forward every position, building the graph; the mean cross-entropy.
+        loss = engine.reduce_loss(engine.forward(batch))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(step + 1, loss)
+
+        # 5.5: backpropagation fills every parameter's .grad.
+        engine.backward()
+
+        # 5.7: the learning rate for this step, decaying linearly to 0.
+        lr_t = learning_rate(step, config)
+
+        # 5.6: Adam moves every parameter.
+        engine.step(lr_t, step)
+
+        # 5.8: backward() accumulates with +=, so clear the gradients for the next step.
+        if config.zero_grad and not config.zero_grad_before:
+            engine.zero_grad()
+
+        if on_step is not None and on_step(step, loss, lr_t):
+            return step + 1
+    return config.num_steps

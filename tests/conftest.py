@@ -1,0 +1,44 @@
+"""Shared fixtures: where the datasets are, and the book engine's default run (computed once)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from microgpt.config import Config
+from microgpt.data import load_docs, shuffled
+from microgpt.engines import create_engine
+from microgpt.sample import sample
+from microgpt.tokenizer import Tokenizer
+from microgpt.train import train
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+NAMES = SHARED / "data" / "names.txt"
+SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+
+# SPEC section 8: the figures of the default run (seed 42, names.txt).
+SPEC_FIRST_LOSSES = [3.3660, 3.4243, 3.1778, 3.0664, 3.2209]
+SPEC_LAST_LOSS = 2.6497
+SPEC_SAMPLES = ["kamon", "ann", "karai", "jaire", "vialan", "karia", "yeran", "anna", "areli", "kaina",
+                "konna", "keylen", "liole", "alerin", "earan", "lenne", "kana", "lara", "alela", "anton"]
+
+
+def default_run(engine_name: str, config: Config | None = None, **options) -> dict:
+    """Train `engine_name` with `config` (default: the book's) on names.txt; losses, samples, engine."""
+    config = config or Config()
+    rng = random.Random(config.seed)
+    docs = shuffled(load_docs(NAMES), rng)
+    tokenizer = Tokenizer.from_docs(docs)
+    engine = create_engine(engine_name, config, tokenizer.vocab_size, rng, **options)
+    losses: list[float] = []
+    train(engine, docs, tokenizer, config, on_step=lambda step, loss, lr: losses.append(loss) and False)
+    samples = [sample(engine, tokenizer, rng, config.temperature) for _ in range(config.num_samples)]
+    return {"losses": losses, "samples": samples, "engine": engine, "tokenizer": tokenizer, "docs": docs}
+
+
+@pytest.fixture(scope="session")
+def book_run() -> dict:
+    """The faithful default run on the book engine: minutes, so run once per test session."""
+    return default_run("scalar")
