@@ -11,9 +11,8 @@ Exports: `Value`.
 from __future__ import annotations
 
 import math
-from typing import Union
 
-Number = Union[int, float]
+Number = int | float
 
 
 class Value:
@@ -103,5 +102,5 @@ class Value:
                 topo.append(node)
         self.grad = 1
         for v in reversed(topo):
-            for child, local_grad in zip(v._children, v._local_grads):
+            for child, local_grad in zip(v._children, v._local_grads, strict=False):
                 child.grad += local_grad * v.grad

@@ -56,9 +56,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...
                                              default=argparse.SUPPRESS, help=help_text)
             continue
         kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        choices = f.metadata.get("choices")
+        metavar = None if choices else {"int": "N", "float": "X"}.get(kind.__name__, "VALUE")
         sections[group].add_argument(flag_of(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
-                                     choices=f.metadata.get("choices"), metavar=None if f.metadata.get("choices")
-                                     else {"int": "N", "float": "X"}.get(kind.__name__, "VALUE"), help=f"{help_text} (default: {default})")
+                                     choices=choices, metavar=metavar, help=f"{help_text} (default: {default})")
 
 
 def config_overrides(args: argparse.Namespace) -> dict:

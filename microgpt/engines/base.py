@@ -106,5 +106,5 @@ class Engine(ABC):
         """The loss averaged over all processes of a distributed run (one process: unchanged)."""
         return loss
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most engines hold nothing to release
         """Release what the engine holds (process groups, devices)."""
