@@ -69,7 +69,7 @@ class Config:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Raise ConfigError naming the first impossible setting and how to fix it."""
         for name in ("n_layer", "n_embd", "block_size", "n_head", "num_steps", "batch_size"):
             value = getattr(self, name)
@@ -105,7 +105,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Config":
+    def from_dict(cls, values: dict[str, Any]) -> Config:
         """Build a Config from a dict such as a checkpoint's, ignoring unknown keys."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})

@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("--prompt", default="", metavar="PREFIX", help="start every sample with PREFIX")
     else:
         parser.description = ("Mean per-token loss (nats) and perplexity of a checkpoint over a dataset's "
-                              "documents, beside the uniform-guess baseline ln(vocab_size).")
+                              "documents, beside the uniform-guess baseline ln(vocab_size) (chapter 7: evaluation).")
 
 
 def _load(args: argparse.Namespace):

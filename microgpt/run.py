@@ -43,8 +43,8 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
     run.add_argument("--data", metavar="FILE", help="training text, one document per line "
                      "(default: names.txt, downloaded and cached on first use)")
     run.add_argument("--engine", choices=list(ENGINES), default=argparse.SUPPRESS,
-                     help=f"numpy: fast, float64 (default); scalar: the same numbers, one scalar at a time "
-                     f"(the book engine); torch: PyTorch, batches, GPUs, torchrun")
+                     help="numpy: fast, float64 (default); scalar: the same numbers, one scalar at a time "
+                     "(the book engine); torch: PyTorch, batches, GPUs, torchrun")
     run.add_argument("--metrics", metavar="FILE", help="append one JSON object per step to FILE (JSON Lines)")
     run.add_argument("--out", metavar="DIR", help="write checkpoints to folder DIR")
     run.add_argument("--checkpoint-every", type=int, default=100, metavar="N",

@@ -27,7 +27,7 @@ class Tokenizer:
         self._ids = {ch: i for i, ch in enumerate(self.chars)}
 
     @classmethod
-    def from_docs(cls, docs: Iterable[str]) -> "Tokenizer":
+    def from_docs(cls, docs: Iterable[str]) -> Tokenizer:
         """The vocabulary is the sorted set of all characters over all documents."""
         return cls("".join(docs))
 

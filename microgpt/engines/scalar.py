@@ -73,8 +73,8 @@ class ScalarEngine(Engine):
 
     def load_state_dict(self, weights: dict[str, Any]) -> None:
         for name, mat in self.params_by_name.items():
-            for row, new_row in zip(mat, weights[name]):
-                for p, x in zip(row, new_row):
+            for row, new_row in zip(mat, weights[name], strict=False):
+                for p, x in zip(row, new_row, strict=False):
                     p.data = float(x)
 
     def optimizer_state(self) -> dict[str, dict[str, Any]]:
