@@ -116,7 +116,10 @@ def write_atomic(path: Path, payload: bytes) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; the user's file should not be
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
