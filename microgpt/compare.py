@@ -140,7 +140,8 @@ def _table(labels: Sequence[str], rows: Sequence[dict[str, float]], window: int)
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.description = ("Draw several runs' training losses on one plot (each step faint, and a running mean), "
-                          "labelled by what their settings change, and print how each run ended.")
+                          "labelled by what their settings change, and print how each run ended: chapter 5's "
+                          "ablations (5.6 Adam vs SGD, 5.7 learning-rate schedules, 5.8 zeroing) side by side.")
     parser.add_argument("runs", nargs="+", metavar="RUN.jsonl", help="metrics files (microgpt train --metrics FILE)")
     parser.add_argument("-o", "--output", metavar="FILE", default="compare.png",
                         help="image to write, .png, .pdf or .svg (default: compare.png)")

@@ -186,7 +186,8 @@ def describe_config(run: dict, skip: Sequence[str] = ()) -> str:
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.description = ("Draw a run's training loss (each step, faint, and its running mean over 100 steps), "
-                          "its validation loss and the uniform-guess level ln(vocab_size) to an image.")
+                          "its validation loss (chapter 7) and the uniform-guess level ln(vocab_size) to an image: "
+                          "chapter 5's training, seen.")
     parser.add_argument("metrics", metavar="METRICS", help="a metrics file (microgpt train --metrics FILE)")
     parser.add_argument("-o", "--output", metavar="FILE",
                         help=f"image to write, {', '.join(IMAGE_TYPES)} (default: METRICS with .png)")
