@@ -36,6 +36,14 @@ class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, from a newer format, or does not fit the run."""
 
 
+class NonFiniteState(ValueError):
+    """The weights or optimizer state hold inf or NaN: such a state is not worth keeping."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"inf or NaN in {', '.join(names)}")
+        self.names = names
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -106,6 +114,9 @@ def save_checkpoint(path: str | Path, engine: Engine, step: int, rng: random.Ran
     for key, prefix in (("m", "adam.m."), ("v", "adam.v."), ("grad", "grad.")):
         for name, w in opt[key].items():
             tensors[prefix + name] = np.ascontiguousarray(w, dtype=np.float64)
+    bad = [name for name, t in tensors.items() if not np.isfinite(t).all()]
+    if bad:
+        raise NonFiniteState(bad)  # never replace a good checkpoint with a diverged one
     payload = save(tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
     state_file = f"state-{step:07d}.safetensors"
     write_atomic(path / state_file, payload)
@@ -122,6 +133,8 @@ def save_checkpoint(path: str | Path, engine: Engine, step: int, rng: random.Ran
     for old in path.glob("state-*.safetensors"):
         if old.name != state_file:
             old.unlink(missing_ok=True)
+    for stale in [*path.glob(".state-*.tmp"), *path.glob(f".{META}.*.tmp")]:  # writes a kill cut short
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import CheckpointError, is_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, NonFiniteState, is_checkpoint, load_checkpoint, save_checkpoint
 from .cli import add_config_arguments, config_from_args, config_overrides
 from .config import TRAJECTORY_FIELDS, Config, flag_of
 from .data import default_dataset, fingerprint, load_docs, shuffled, split_docs
@@ -92,29 +92,35 @@ def _engine_options(args: argparse.Namespace, engine: str, checkpoint) -> dict:
         if given:
             raise UserError(f"--{next(iter(given))} applies to the torch engine only: add --engine torch or drop it")
         return {}
-    return {**TORCH_OPTIONS, **given}
+    # A resumed run keeps the device and precision it was started with, unless told otherwise.
+    saved = checkpoint.meta.get("engine_options", {}) if checkpoint and checkpoint.meta.get("engine") == engine else {}
+    return {**TORCH_OPTIONS, **saved, **given}
 
 
 class _Interrupt:
-    """Ctrl-C during training finishes the current step, then checkpoints and exits 130.
+    """Ctrl-C (or SIGTERM) during training finishes the current step, then checkpoints and exits
+    128 + the signal's number (130 for Ctrl-C).
 
     Installed explicitly: a process started in the background of a non-interactive shell
     ignores SIGINT, and Python's default handler would never see it.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
-        self.requested = False
+        self.requested = 0  # the signal received, 0 for none
         self.in_loop = False
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
         if self.in_loop and not self.requested:
-            self.requested = True
+            self.requested = signum
         else:
             raise KeyboardInterrupt
 
     def restore(self) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -126,6 +132,8 @@ def main(args: argparse.Namespace) -> int:
                               "or pick another --out folder")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a file: pass a folder for the checkpoints")
+    if checkpoint is not None and args.metrics is None:
+        args.metrics = checkpoint.meta.get("metrics")  # keep logging where the interrupted run did
     if args.metrics:
         check_writable(args.metrics)
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -150,15 +158,17 @@ def main(args: argparse.Namespace) -> int:
     say(f"vocab size: {tokenizer.vocab_size}")
 
     engine = create_engine(engine_name, config, tokenizer.vocab_size, rng, **options)
+    extra_meta = {"data": str(data_path.resolve()), "engine_options": options,
+                  "metrics": str(Path(args.metrics).resolve()) if args.metrics else None}
     try:
         return _run(args, config, engine, rng, tokenizer, train_docs, val_docs, data_path, data_print,
-                    checkpoint, out, is_main, say)
+                    checkpoint, out, is_main, say, extra_meta)
     finally:
         engine.close()
 
 
 def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: Tokenizer, train_docs, val_docs,
-         data_path: Path, data_print: str, checkpoint, out, is_main: bool, say) -> int:
+         data_path: Path, data_print: str, checkpoint, out, is_main: bool, say, extra_meta: dict) -> int:
     start_step, elapsed_before = 0, 0.0
     if checkpoint is not None:
         checkpoint.restore(engine)
@@ -179,9 +189,11 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
 
     def checkpoint_now(step: int) -> None:
         if out and is_main:
-            save_checkpoint(out, engine, step, rng, tokenizer.chars, data_print,
-                            extra={"data": str(data_path.resolve()),
-                                   "elapsed": elapsed_before + time.perf_counter() - started})
+            try:
+                save_checkpoint(out, engine, step, rng, tokenizer.chars, data_print,
+                                extra={**extra_meta, "elapsed": elapsed_before + time.perf_counter() - started})
+            except NonFiniteState as e:
+                raise TrainingDiverged(step, f"the weights became infinite or NaN ({', '.join(e.names[:3])})") from None
 
     last_saved = start_step
     interrupt = _Interrupt()
@@ -189,6 +201,9 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
     def on_step(step: int, loss: float, lr_t: float) -> bool:
         nonlocal last_saved
         done = step + 1
+        if out and (done % args.checkpoint_every == 0 or done == config.num_steps):
+            checkpoint_now(done)  # first: a step whose update broke the weights is not logged as good
+            last_saved = done
         record = {"step": done, "loss": loss, "lr": lr_t,
                   "time": round(elapsed_before + time.perf_counter() - started, 6)}
         if val_docs and ((config.eval_every and done % config.eval_every == 0) or done == config.num_steps):
@@ -197,20 +212,18 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
             metrics.log(**record)
         if progress:
             progress.update(done, loss)
-        if out and (done % args.checkpoint_every == 0 or done == config.num_steps):
-            checkpoint_now(done)
-            last_saved = done
-        return interrupt.requested
+        return bool(interrupt.requested)
 
     interrupt.in_loop = True
     try:
         done = train(engine, train_docs, tokenizer, config, start_step, on_step, engine.rank, engine.world_size)
     except TrainingDiverged as e:
+        interrupt.restore()
         if progress:
             progress.close()
         keep = f"; the last good checkpoint (step {last_saved}) is in {out}" if out and last_saved else ""
         what = "--lr" if config.optimizer == "adam" else "--lr (or use --optimizer adam)"
-        print(f"microgpt: training diverged: the loss became {e.loss} at step {e.step}: lower {what} "
+        print(f"microgpt: training diverged at step {e.step}: {e.reason}: lower {what} "
               f"(now {config.learning_rate}){keep}", file=sys.stderr)
         return 1
     finally:
@@ -220,17 +233,18 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
     if progress:
         progress.close()
 
-    if done < config.num_steps:  # stopped by Ctrl-C
+    if done < config.num_steps:  # stopped by Ctrl-C or SIGTERM
         interrupt.restore()
         if out and is_main:
             if last_saved != done:
                 checkpoint_now(done)
             print(f"interrupted at step {done} of {config.num_steps}; checkpoint saved in {out}. "
-                  f"Resume with: microgpt train --resume {out}", file=sys.stderr)
+                  f"Resume with: microgpt train --resume {out}"
+                  + (f" --metrics {args.metrics}" if args.metrics else ""), file=sys.stderr)
         else:
             print(f"interrupted at step {done} of {config.num_steps}; nothing saved (pass --out DIR to "
                   "keep checkpoints)", file=sys.stderr)
-        return 130
+        return 128 + interrupt.requested
 
     try:
         if val_docs:

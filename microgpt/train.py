@@ -23,11 +23,11 @@ StepCallback = Callable[[int, float, float], bool]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became infinite or NaN: the step (1-based) and loss are attached."""
+    """The loss (or the weights) became infinite or NaN at `step` (1-based)."""
 
-    def __init__(self, step: int, loss: float) -> None:
-        super().__init__(f"loss became {loss} at step {step}")
-        self.step, self.loss = step, loss
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(f"{reason} at step {step}")
+        self.step, self.reason = step, reason
 
 
 def batch_docs(docs: list[str], step: int, batch_size: int) -> list[str]:
@@ -59,7 +59,7 @@ def train(engine: Engine, docs: list[str], tokenizer: Tokenizer, config: Config,
         # 5.3 and 5.4: forward every position, building the graph; the mean cross-entropy.
         loss = engine.reduce_loss(engine.forward(batch))
         if not math.isfinite(loss):
-            raise TrainingDiverged(step + 1, loss)
+            raise TrainingDiverged(step + 1, f"the loss became {loss}")
 
         # 5.5: backpropagation fills every parameter's .grad.
         engine.backward()

@@ -1,0 +1,366 @@
+"""Exact resume: a run stopped and continued with `--resume` is the uninterrupted run, bit for bit.
+
+For every engine a run is interrupted for real, as a user or a machine would do it: Ctrl-C
+(SIGINT, also in a process that started with SIGINT ignored, as a background job of a
+non-interactive shell does) and SIGKILL at a seeded random moment. Resuming from what is on
+disk must give the same per-step losses and learning rates (compared as floats), the same final
+weights, Adam moments and gradients, and the same printed samples as a run that never stopped.
+The ablation flags and chapter-7 options resume exactly too.
+
+--steps is part of the schedule (lr_t depends on it), so a run cannot be "stopped" by giving it
+fewer steps; every stop here is an interruption of the full run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import NAMES
+
+import microgpt.run
+from microgpt.checkpoint import load_checkpoint
+from microgpt.cli import main
+from microgpt.data import load_docs
+from microgpt.engines import create_engine
+
+ROOT = Path(__file__).absolute().parents[1]
+ENGINES = ["scalar", "numpy", "torch"]
+
+# Per engine: a run long enough to interrupt in the middle, short enough to run in seconds.
+# (model and data flags, --steps, --checkpoint-every, steps logged before the interruption)
+RUNS = {
+    "scalar": (["--n-embd", "8", "--n-head", "2", "--block-size", "8"], 30, 6, 3),
+    "numpy": (["--n-layer", "2", "--n-embd", "32", "--block-size", "32"], 2000, 50, 60),
+    "torch": ([], 400, 25, 20),
+}
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    """`microgpt ARGS` in this process; (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def train_args(engine: str, out: Path, metrics: Path) -> list[str]:
+    flags, steps, every, _ = RUNS[engine]
+    return ["train", "--data", str(NAMES), "--engine", engine, *flags, "--steps", str(steps), "--out", str(out),
+            "--checkpoint-every", str(every), "--metrics", str(metrics), "--num-samples", "5", "--quiet"]
+
+
+def start(args: list[str], ignore_sigint: bool = False) -> subprocess.Popen:
+    """`python -m microgpt ARGS` in the background, no terminal, stdin closed, as CI runs it."""
+    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    return subprocess.Popen([sys.executable, "-m", "microgpt", *args], cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+
+
+def steps_logged(metrics: Path) -> list[dict]:
+    """The step records of a metrics file; a line cut short by a kill is not a record."""
+    if not metrics.exists():
+        return []
+    records = []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("type") == "step":
+            records.append(record)
+    return records
+
+
+def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int, timeout: float = 120.0) -> int:
+    """Poll the metrics file until it shows `step` (or later); the last step it shows."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = steps_logged(metrics)
+        if records and records[-1]["step"] >= step:
+            return records[-1]["step"]
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (status {proc.returncode}) before step {step}: "
+                                 f"{proc.stderr.read()}")
+        time.sleep(0.001)
+    proc.kill()
+    raise AssertionError(f"no step {step} after {timeout} s")
+
+
+def trajectory(metrics: Path) -> list[dict]:
+    """What a run computed at each step: everything but the wall-clock time."""
+    return [{k: v for k, v in r.items() if k != "time"} for r in steps_logged(metrics)]
+
+
+def final_state(ck: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    checkpoint = load_checkpoint(ck)
+    return load_file(ck / checkpoint.meta["state_file"])
+
+
+def assert_same_run(ck: Path, metrics: Path, stdout: str, reference: dict) -> None:
+    """Bit for bit the uninterrupted run: every step's numbers, final state, samples."""
+    got = trajectory(metrics)
+    assert [r["step"] for r in got] == list(range(1, len(reference["trajectory"]) + 1))
+    assert got == reference["trajectory"]  # floats compared with ==
+    headers = [line for line in metrics.read_text().splitlines() if '"type": "run"' in line]
+    assert len(headers) == 1
+    state, expected = final_state(ck), reference["state"]
+    assert state.keys() == expected.keys()
+    for name in expected:
+        assert np.array_equal(state[name], expected[name]), name
+    assert load_checkpoint(ck).step == reference["steps"]
+    assert samples_of(stdout) == reference["samples"]
+
+
+def samples_of(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("sample ")]
+
+
+def assert_whole_checkpoint(ck: Path, engine: str) -> int:
+    """checkpoint.json parses, the state file matches its sha256, and an engine takes it; its step."""
+    checkpoint = load_checkpoint(ck)
+    fresh = create_engine(engine, checkpoint.config, len(checkpoint.vocab) + 1, random.Random(0))
+    checkpoint.restore(fresh)  # verifies the sha256 and every shape
+    fresh.close()
+    return checkpoint.step
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """The uninterrupted runs, one per engine, computed when first needed."""
+    cache: dict[str, dict] = {}
+
+    def get(engine: str) -> dict:
+        if engine not in cache:
+            folder = tmp_path_factory.mktemp(f"reference-{engine}")
+            ck, metrics = folder / "ck", folder / "m.jsonl"
+            rc, out, err = run_cli(*train_args(engine, ck, metrics))
+            assert rc == 0, err
+            cache[engine] = {"trajectory": trajectory(metrics), "state": final_state(ck), "samples": samples_of(out),
+                             "steps": RUNS[engine][1]}
+            assert len(cache[engine]["samples"]) == 5
+        return cache[engine]
+
+    return get
+
+
+# --- (a) Ctrl-C ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ignore_sigint", [False, True], ids=["sigint", "sigint-ignored-at-start"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sigint_checkpoints_and_resume_is_exact(tmp_path, reference, engine, ignore_sigint):
+    ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
+    _, steps, every, wait_steps = RUNS[engine]
+    proc = start(train_args(engine, ck, metrics), ignore_sigint=ignore_sigint)
+    wait_for_step(proc, metrics, wait_steps)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"--resume {ck}" in stderr
+    assert samples_of(stdout) == []  # stopped before the samples
+    stopped = steps_logged(metrics)[-1]["step"]
+    assert wait_steps <= stopped < steps
+    # Ctrl-C finishes the step under way and checkpoints exactly there, even between two --checkpoint-every.
+    assert assert_whole_checkpoint(ck, engine) == stopped
+    assert f"step {stopped} of {steps}" in stderr
+
+    proc = start(["train", "--resume", str(ck), "--metrics", str(metrics), "--quiet"])
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert f"resuming from step {stopped} of {steps}" in stdout
+    assert_same_run(ck, metrics, stdout, reference(engine))
+
+
+# --- (b) SIGKILL at a random moment ------------------------------------------------------------------
+
+
+KILLS = [("scalar", 1), ("numpy", 1), ("numpy", 2), ("numpy", 3), ("torch", 1)]
+
+
+@pytest.mark.parametrize("engine,seed", KILLS, ids=[f"{e}-{s}" for e, s in KILLS])
+def test_sigkill_leaves_a_checkpoint_that_resumes_exactly(tmp_path, reference, engine, seed):
+    ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
+    _, steps, every, _ = RUNS[engine]
+    rnd = random.Random(seed)
+    # Past the first checkpoint, before the middle of the run; then a random fraction of a step or two.
+    target = rnd.randrange(every + 1, steps // 2)
+    delay = rnd.uniform(0.0, 0.004)
+    proc = start(train_args(engine, ck, metrics))
+    wait_for_step(proc, metrics, target)
+    time.sleep(delay)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    last = steps_logged(metrics)[-1]["step"]
+    assert last < steps, "the run finished before the kill: make it longer"
+    saved = assert_whole_checkpoint(ck, engine)
+    assert last - every <= saved <= last
+    assert saved % every == 0
+
+    proc = start(["train", "--resume", str(ck), "--metrics", str(metrics), "--quiet"])
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert f"resuming from step {saved} of {steps}" in stdout
+    # The killed run's metrics after the checkpoint are dropped and written again by the resumed run.
+    assert_same_run(ck, metrics, stdout, reference(engine))
+    # Whatever the kill cut short (temporary files, a state file not yet named) is gone after the resume.
+    assert sorted(p.name for p in ck.iterdir()) == ["checkpoint.json", f"state-{steps:07d}.safetensors"]
+
+
+# --- (c) every training option resumes exactly -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "names300.txt"
+    path.write_text("\n".join(load_docs(NAMES)[:300]) + "\n", encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def interrupt_at(step: int):
+    """Send this process SIGINT right after training step `step` (1-based) completes: a Ctrl-C at a
+    known moment, handled by the command's own signal handler."""
+    real_train = microgpt.run.train
+
+    def train(engine, docs, tokenizer, config, start_step, on_step, *args):
+        def hook(s: int, loss: float, lr: float) -> bool:
+            if s + 1 == step:
+                signal.raise_signal(signal.SIGINT)
+            return on_step(s, loss, lr)
+
+        return real_train(engine, docs, tokenizer, config, start_step, hook, *args)
+
+    microgpt.run.train = train
+    try:
+        yield
+    finally:
+        microgpt.run.train = real_train
+
+
+OPTIONS = {
+    "sgd": ["--optimizer", "sgd", "--lr", "0.5"],
+    "no-bias-correction": ["--no-bias-correction"],
+    "no-zero-grad": ["--no-zero-grad"],  # the gradients themselves carry over between steps
+    "zero-grad-before": ["--zero-grad-before"],
+    "cosine-warmup": ["--lr-schedule", "cosine", "--warmup-steps", "7"],
+    "constant": ["--lr-schedule", "constant"],
+    "batch-2": ["--batch-size", "2"],
+    "validation": ["--val-fraction", "0.2", "--eval-every", "3"],
+    "model-and-adam": ["--n-layer", "2", "--n-head", "2", "--init-std", "0.05", "--beta1", "0.9",
+                       "--beta2", "0.95", "--eps", "1e-6", "--seed", "7"],
+    "sampling": ["--temperature", "0.8", "--top-k", "4"],
+}
+
+
+@pytest.mark.parametrize("stop", [10, 13], ids=["at-a-checkpoint", "between-checkpoints"])
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_every_option_resumes_exactly(tmp_path, small_data, option, stop):
+    steps, every = 24, 5
+    args = ["train", "--data", small_data, "--engine", "numpy", *OPTIONS[option], "--steps", steps,
+            "--checkpoint-every", every, "--num-samples", 5, "--quiet"]
+    ref_ck, ref_metrics = tmp_path / "ref", tmp_path / "ref.jsonl"
+    rc, ref_out, err = run_cli(*args, "--out", ref_ck, "--metrics", ref_metrics)
+    assert rc == 0, err
+    reference = {"trajectory": trajectory(ref_metrics), "state": final_state(ref_ck), "samples": samples_of(ref_out),
+                 "steps": steps}
+    if option == "validation":
+        assert [r["step"] for r in reference["trajectory"] if "val_loss" in r] == [3, 6, 9, 12, 15, 18, 21, 24]
+
+    ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
+    with interrupt_at(stop):
+        rc, out, err = run_cli(*args, "--out", ck, "--metrics", metrics)
+    assert rc == 130, err
+    assert f"--resume {ck}" in err and samples_of(out) == []
+    assert load_checkpoint(ck).step == stop
+    assert [r["step"] for r in steps_logged(metrics)] == list(range(1, stop + 1))
+
+    rc, out, err = run_cli("train", "--resume", ck, "--metrics", metrics, "--quiet")
+    assert rc == 0, err
+    assert_same_run(ck, metrics, out, reference)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_resume_twice_and_from_the_final_checkpoint(tmp_path, reference, engine):
+    """Two interruptions in one run, then a resume of a finished run: still the same run."""
+    ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
+    flags, steps, every, _ = RUNS[engine]
+    stops = [every + 1, 2 * every + 3] if engine == "scalar" else [7, 31]
+    with interrupt_at(stops[0]):
+        rc, _, err = run_cli(*train_args(engine, ck, metrics))
+    assert rc == 130, err
+    with interrupt_at(stops[1]):
+        rc, _, err = run_cli("train", "--resume", ck, "--metrics", metrics, "--quiet")
+    assert rc == 130, err
+    assert load_checkpoint(ck).step == stops[1]
+    rc, out, err = run_cli("train", "--resume", ck, "--metrics", metrics, "--quiet")
+    assert rc == 0, err
+    assert_same_run(ck, metrics, out, reference(engine))
+    # The finished run resumed: nothing left to train, the same samples again.
+    rc, out, err = run_cli("train", "--resume", ck, "--metrics", metrics, "--quiet")
+    assert rc == 0, err
+    assert_same_run(ck, metrics, out, reference(engine))
+
+
+# --- what the interrupted run tells the user to do ------------------------------------------------
+
+
+def test_the_printed_resume_command_continues_the_metrics(tmp_path, reference):
+    """Ctrl-C prints the command to continue; run exactly as printed, it completes the metrics file."""
+    ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
+    with interrupt_at(9):
+        rc, _, err = run_cli(*train_args("numpy", ck, metrics))
+    assert rc == 130, err
+    command = err.split("Resume with: ", 1)[1].split()
+    assert command[:2] == ["microgpt", "train"]
+    rc, out, err = run_cli(*command[1:], "--quiet")
+    assert rc == 0, err
+    assert_same_run(ck, metrics, out, reference("numpy"))
+
+
+def test_torch_float32_resumes_in_float32(tmp_path):
+    """The torch engine's --dtype decides every number computed: a resumed run keeps it."""
+    args = ["train", "--data", NAMES, "--engine", "torch", "--dtype", "float32", "--steps", 16,
+            "--checkpoint-every", 4, "--num-samples", 3, "--quiet"]
+    rc, ref_out, err = run_cli(*args, "--out", tmp_path / "ref", "--metrics", tmp_path / "ref.jsonl")
+    assert rc == 0, err
+    reference = {"trajectory": trajectory(tmp_path / "ref.jsonl"), "state": final_state(tmp_path / "ref"),
+                 "samples": samples_of(ref_out), "steps": 16}
+    ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
+    with interrupt_at(6):
+        rc, _, err = run_cli(*args, "--out", ck, "--metrics", metrics)
+    assert rc == 130, err
+    rc, out, err = run_cli("train", "--resume", ck, "--metrics", metrics, "--quiet")
+    assert rc == 0, err
+    assert_same_run(ck, metrics, out, reference)
+
+
+def test_resume_clears_what_a_kill_left_half_written(tmp_path, reference):
+    """A kill during a checkpoint write leaves a temporary file (or a state file checkpoint.json does not
+    name yet); the next checkpoint removes them, so repeated kills do not fill the disk."""
+    ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
+    with interrupt_at(12):
+        rc, _, err = run_cli(*train_args("numpy", ck, metrics))
+    assert rc == 130, err
+    leftovers = [".state-0000013.safetensors.a1b2c3.tmp", ".checkpoint.json.d4e5f6.tmp", "state-0000013.safetensors"]
+    for name in leftovers:
+        (ck / name).write_bytes(b"cut short")
+    rc, out, err = run_cli("train", "--resume", ck, "--metrics", metrics, "--quiet")
+    assert rc == 0, err
+    assert_same_run(ck, metrics, out, reference("numpy"))
+    assert sorted(p.name for p in ck.iterdir()) == ["checkpoint.json", "state-0002000.safetensors"]
