@@ -12,11 +12,10 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import NAMES
 from safetensors.numpy import load_file
 
 from microgpt.checkpoint import load_checkpoint
-
-from conftest import NAMES
 
 COMMON = ["train", "--engine", "torch", "--device", "cpu", "--dtype", "float64", "--n-embd", "8", "--n-head", "2",
           "--block-size", "8", "--steps", "5", "--batch-size", "4", "--num-samples", "3", "--quiet"]
