@@ -15,8 +15,6 @@ import io
 import os
 import random
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from .errors import UserError
@@ -96,6 +94,9 @@ def default_dataset(url: str | None = None, sha256: str = NAMES_SHA256, timeout:
     target = cache_dir() / "names.txt"
     if target.is_file() and _sha256(target.read_bytes()) == sha256:
         return target
+    import urllib.error  # only a first run downloads; keep every other start fast
+    import urllib.request
+
     url = url or os.environ.get("MICROGPT_NAMES_URL") or NAMES_URL
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
