@@ -83,7 +83,8 @@ class Value:
         """Set every ancestor's grad to d(self)/d(ancestor), accumulating with +=.
 
         Gradients flow in reverse topological order: a value's grad is complete before it
-        is passed on to its operands. The order is a depth-first post-order that visits
+        is passed on to its operands. Call it once per graph (as training does): the
+        intermediate values' gradients are not reset between calls. The order is a depth-first post-order that visits
         operands left to right, built with an explicit stack so that graphs of any depth
         stay clear of Python's recursion limit.
         """

@@ -34,7 +34,11 @@ def load_docs(path: str | os.PathLike) -> list[str]:
         raise DataError(f"data file {path} does not exist: pass --data with a text file, one document per line")
     if path.is_dir():
         raise DataError(f"data path {path} is a folder: pass --data with a text file, one document per line")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read data file {path} ({e.strerror}): check its permissions "
+                        "or pass another --data") from None
     if b"\0" in raw:
         raise DataError(f"data file {path} looks binary (it contains NUL bytes): "
                         "pass a UTF-8 text file with one document per line")
@@ -94,14 +98,15 @@ def default_dataset(url: str | None = None, sha256: str = NAMES_SHA256, timeout:
     target = cache_dir() / "names.txt"
     if target.is_file() and _sha256(target.read_bytes()) == sha256:
         return target
-    import urllib.error  # only a first run downloads; keep every other start fast
+    import http.client  # only a first run downloads; keep every other start fast
+    import urllib.error
     import urllib.request
 
     url = url or os.environ.get("MICROGPT_NAMES_URL") or NAMES_URL
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             payload = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise DataError(f"cannot download the names dataset from {url} ({reason}): put names.txt at {target} "
                         "or pass --data FILE") from None

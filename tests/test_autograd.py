@@ -1,0 +1,207 @@
+"""Chapter 3: the scalar `Value`, checked against two oracles nobody here wrote.
+
+Every operation's forward value is compared with `math` on plain floats and its gradient with
+central finite differences; a mixed expression is compared with PyTorch's autograd in float64.
+The rest pins the semantics the training loop relies on: gradients accumulate with +=, a value
+used twice receives both contributions, and backward() never recurses.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+
+from microgpt.autograd import Value
+
+# Central differences: truncation error ~ h^2 * f''' and rounding error ~ 1e-16 * |f| / h; with
+# h = 1e-6 both stay below 1e-8 for the smooth, O(1) functions below, so 1e-6 leaves margin.
+H = 1e-6
+FD_TOL = 1e-6
+
+
+def finite_difference(f, xs: list[float], i: int) -> float:
+    """d f / d xs[i] by central differences, evaluating f on fresh Values."""
+    plus = [x + H if j == i else x for j, x in enumerate(xs)]
+    minus = [x - H if j == i else x for j, x in enumerate(xs)]
+    return (f(*[Value(x) for x in plus]).data - f(*[Value(x) for x in minus]).data) / (2 * H)
+
+
+def close(got: float, want: float, tol: float) -> bool:
+    return abs(got - want) <= tol * max(1.0, abs(want))
+
+
+# (name, function on Values, the same function on floats via math, inputs)
+UNARY_AND_BINARY = [
+    ("a+b", lambda a, b: a + b, lambda a, b: a + b, [1.3, -0.7]),
+    ("a+2", lambda a: a + 2, lambda a: a + 2, [1.3]),
+    ("2+a", lambda a: 2 + a, lambda a: 2 + a, [1.3]),
+    ("a-b", lambda a, b: a - b, lambda a, b: a - b, [1.3, -0.7]),
+    ("a-2", lambda a: a - 2, lambda a: a - 2, [1.3]),
+    ("2-a", lambda a: 2 - a, lambda a: 2 - a, [1.3]),
+    ("a*b", lambda a, b: a * b, lambda a, b: a * b, [1.3, -0.7]),
+    ("a*3", lambda a: a * 3, lambda a: a * 3, [1.3]),
+    ("2*a", lambda a: 2 * a, lambda a: 2 * a, [1.3]),
+    ("a/b", lambda a, b: a / b, lambda a, b: a / b, [1.3, -0.7]),
+    ("a/4", lambda a: a / 4, lambda a: a / 4, [1.3]),
+    ("2/a", lambda a: 2 / a, lambda a: 2 / a, [1.3]),
+    ("2/a negative", lambda a: 2 / a, lambda a: 2 / a, [-0.6]),
+    ("a**2", lambda a: a ** 2, lambda a: a ** 2, [-1.3]),
+    ("a**3", lambda a: a ** 3, lambda a: a ** 3, [-1.3]),
+    ("a**-1", lambda a: a ** -1, lambda a: a ** -1, [-1.3]),
+    ("a**-2", lambda a: a ** -2, lambda a: a ** -2, [0.9]),
+    ("a**0.5", lambda a: a ** 0.5, lambda a: math.sqrt(a), [1.7]),
+    ("a**-0.5", lambda a: a ** -0.5, lambda a: 1 / math.sqrt(a), [1.7]),
+    ("a**1.5", lambda a: a ** 1.5, lambda a: a * math.sqrt(a), [1.7]),
+    ("a**-2.5", lambda a: a ** -2.5, lambda a: a ** -2.5, [0.8]),
+    ("-a", lambda a: -a, lambda a: -a, [1.3]),
+    ("log", lambda a: a.log(), math.log, [0.35]),
+    ("exp", lambda a: a.exp(), math.exp, [-1.1]),
+    ("exp large", lambda a: a.exp(), math.exp, [3.2]),
+    ("relu positive", lambda a: a.relu(), lambda a: max(a, 0.0), [0.8]),
+    ("relu negative", lambda a: a.relu(), lambda a: max(a, 0.0), [-0.8]),
+    ("a*a (same value twice)", lambda a: a * a, lambda a: a * a, [-1.3]),
+    ("a+a (same value twice)", lambda a: a + a, lambda a: a + a, [-1.3]),
+]
+
+
+@pytest.mark.parametrize("name, f, f_float, xs", UNARY_AND_BINARY, ids=[case[0] for case in UNARY_AND_BINARY])
+def test_op_value_and_gradient(name, f, f_float, xs):
+    leaves = [Value(x) for x in xs]
+    out = f(*leaves)
+    assert out.data == pytest.approx(f_float(*xs), rel=1e-15, abs=1e-15)
+    out.backward()
+    for i, leaf in enumerate(leaves):
+        fd = finite_difference(f, xs, i)
+        assert close(leaf.grad, fd, FD_TOL), f"{name}: d/dx{i} is {leaf.grad}, finite differences give {fd}"
+
+
+def test_op_gradients_are_the_textbook_derivatives():
+    # Exact closed forms (SPEC section 9), not just "close to finite differences".
+    a, b = Value(1.5), Value(-0.5)
+    (a * b).backward()
+    assert (a.grad, b.grad) == (-0.5, 1.5)
+    a = Value(2.0)
+    (a ** -1.5).backward()
+    assert a.grad == -1.5 * 2.0 ** -2.5
+    a = Value(0.25)
+    a.log().backward()
+    assert a.grad == 4.0
+    a = Value(0.3)
+    a.exp().backward()
+    assert a.grad == math.exp(0.3)
+
+
+def test_relu_at_zero_has_zero_gradient():
+    # SPEC section 9: d relu a = 1 if a > 0 else 0, so the kink itself passes nothing back.
+    a = Value(0.0)
+    out = a.relu()
+    out.backward()
+    assert out.data == 0
+    assert a.grad == 0
+
+
+def test_relu_gradient_on_both_sides_is_exact():
+    pos, neg = Value(0.7), Value(-0.7)
+    (pos.relu() + neg.relu()).backward()
+    assert (pos.grad, neg.grad) == (1, 0)
+
+
+def test_exponent_must_be_a_number():
+    with pytest.raises(TypeError):
+        Value(2.0) ** Value(3.0)
+
+
+def test_gradients_accumulate_across_two_backward_calls():
+    # Two graphs that share a leaf, as two training steps without zero_grad: grads add up.
+    x = Value(1.5)
+    first = x * x  # d/dx = 2x = 3
+    first.backward()
+    assert x.grad == 3.0
+    second = x.exp()  # d/dx = exp(1.5)
+    second.backward()
+    assert x.grad == pytest.approx(3.0 + math.exp(1.5), rel=1e-15)
+
+
+def test_leaf_grad_is_added_to_not_overwritten():
+    x = Value(2.0)
+    x.grad = 10.0
+    (x * 3).backward()
+    assert x.grad == 13.0
+
+
+def test_value_used_twice_gets_both_contributions():
+    x, y = Value(-3.0), Value(2.0)
+    # z = x*x + x*y: dz/dx = 2x + y = -4, dz/dy = x = -3.
+    z = x * x + x * y
+    z.backward()
+    assert (x.grad, y.grad) == (-4.0, -3.0)
+
+
+def test_diamond_graph_counts_each_path_once():
+    x = Value(0.5)
+    a = x.exp()
+    b = a * a + a  # both branches read a; a must pass on its full gradient exactly once
+    b.backward()
+    want = 2 * math.exp(1.0) + math.exp(0.5)  # d/dx (e^{2x} + e^x)
+    assert x.grad == pytest.approx(want, rel=1e-15)
+
+
+def test_long_chain_backward_does_not_recurse():
+    n = 100_000
+    assert n > 10 * sys.getrecursionlimit()
+    x = Value(1.0)
+    total = Value(0.0)
+    for _ in range(n):
+        total = total + x  # a chain n nodes deep
+    total.backward()
+    assert total.data == n
+    assert x.grad == n
+
+
+def _expression(a, b, c, d):
+    """Uses every op, reflected ones included; works on Values and on torch tensors alike."""
+    e = a * b + c ** 2 - d / a
+    f = (2 + e).relu() + (2 - b) * (2 * c) + 2 / d
+    g = (f * a).exp() + (c * c + 1).log() - (-d) ** 3
+    h = (b - 1.5).relu() + (a * 0.5).relu() + g ** -0.5 + (g + 1) ** 1.5 + e ** -2
+    return h * f + h / (f ** 2 + 1) - a * a
+
+
+def test_expression_matches_torch_float64():
+    xs = [0.8, -1.3, 0.6, 1.7]
+    leaves = [Value(x) for x in xs]
+    out = _expression(*leaves)
+    out.backward()
+
+    tensors = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in xs]
+    ref = _expression(*tensors)
+    ref.backward()
+
+    # Same operations in the same order in IEEE double: agreement to a few ulps.
+    assert out.data == pytest.approx(ref.item(), rel=1e-13)
+    for i, (leaf, t) in enumerate(zip(leaves, tensors)):
+        assert leaf.grad == pytest.approx(t.grad.item(), rel=1e-12, abs=1e-14), f"leaf {i}"
+    # The expression is not trivially flat: every leaf has a real gradient to compare.
+    assert all(abs(t.grad.item()) > 1e-3 for t in tensors)
+
+
+def test_micrograd_style_expression_matches_torch():
+    # The relu branches here sit on both sides of 0.
+    def expr(x):
+        z = 2 * x + 2 + x
+        q = z.relu() + z * x
+        h = (z * z).relu()
+        return h + q + q * x
+
+    for x0 in (-4.0, 0.25, 3.0):
+        x = Value(x0)
+        y = expr(x)
+        y.backward()
+        xt = torch.tensor(x0, dtype=torch.float64, requires_grad=True)
+        yt = expr(xt)
+        yt.backward()
+        assert y.data == pytest.approx(yt.item(), rel=1e-14)
+        assert x.grad == pytest.approx(xt.grad.item(), rel=1e-14)
