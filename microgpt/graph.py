@@ -288,8 +288,10 @@ def _report(config: Config, vocab_size: int, doc: str, tokens: list[int], loss: 
     reached = [where[id(node)] for node in order if id(node) in where]  # (matrix, row, column)
     rows_of = {m: len({r for name, r, _ in reached if name == m}) for m in ("wte", "wpe")}
     others = len({name for name, _, _ in reached}) - 2
+    tokens_s = "token" if rows_of["wte"] == 1 else "tokens"
+    positions_s = "position" if rows_of["wpe"] == 1 else "positions"
     print(f"parameters reached: {counts[PARAMETERS]:,} of {len(where):,}: the wte rows of the {rows_of['wte']} "
-          f"distinct input tokens (of {vocab_size}), the wpe rows of {rows_of['wpe']} positions "
+          f"distinct input {tokens_s} (of {vocab_size}), the wpe rows of {rows_of['wpe']} {positions_s} "
           f"(of {config.block_size}), and every weight of the other {others} matrices")
     print(f"depth: {depth(order):,} operations on the longest path from the loss down to a leaf; backward() "
           f"must take them one after another")
@@ -310,7 +312,7 @@ def _trend(positions: list[int], table: dict[int, list[int]]) -> str:
     layers = (f"Each layer adds the same operations again ({per_layer:,} nodes at {at}), "
               "so the count grows linearly in n_layer.")
     if len(positions) < 3:
-        return f"{layers} A longer --doc shows how the count grows with positions."
+        return f"{layers} A longer --doc (and --block-size) shows how the count grows with positions."
     sizes = table[1]
     first = (sizes[1] - sizes[0]) / (positions[1] - positions[0])
     last = (sizes[-1] - sizes[-2]) / (positions[-1] - positions[-2])

@@ -86,7 +86,8 @@ class Metrics:
 
 
 def read_metrics(path: str | os.PathLike) -> Metrics:
-    """Parse a metrics file; a missing, empty or malformed one is a MetricsError naming it."""
+    """Parse a metrics file (its last run, if several appended to it); a missing, empty or
+    malformed one is a MetricsError naming it."""
     path = Path(path)
     if not path.is_file():
         raise MetricsError(f"metrics file {path} does not exist: write one with microgpt train --metrics {path}")
@@ -100,7 +101,8 @@ def read_metrics(path: str | os.PathLike) -> Metrics:
             raise MetricsError(f"{path} line {number} is not JSON: pass a metrics file written by "
                                "microgpt train --metrics") from None
         if record.get("type") == "run":
-            out.run = record
+            # A file that several runs appended to: the last run is the one to show.
+            out.run, out.steps = record, []
         elif "step" in record and "loss" in record:
             out.steps.append(record)
     if not out.steps:

@@ -52,6 +52,11 @@ class Progress:
             self.stream.write(self.line(step, loss) + "\n")
             self.stream.flush()
 
+    def note(self, text: str) -> None:
+        """A line of its own, such as a validation loss, that stays on screen."""
+        self.stream.write(("\r" + text + "\x1b[K\n") if self.live else text + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self.live:
             self.stream.write("\n")

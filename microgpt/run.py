@@ -198,8 +198,10 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
     last_saved = start_step
     interrupt = _Interrupt()
 
+    val_loss = None  # the latest validation loss
+
     def on_step(step: int, loss: float, lr_t: float) -> bool:
-        nonlocal last_saved
+        nonlocal last_saved, val_loss
         done = step + 1
         if out and (done % args.checkpoint_every == 0 or done == config.num_steps):
             checkpoint_now(done)  # first: a step whose update broke the weights is not logged as good
@@ -207,7 +209,9 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
         record = {"step": done, "loss": loss, "lr": lr_t,
                   "time": round(elapsed_before + time.perf_counter() - started, 6)}
         if val_docs and ((config.eval_every and done % config.eval_every == 0) or done == config.num_steps):
-            record["val_loss"] = mean_token_loss(engine, tokenizer, val_docs)
+            record["val_loss"] = val_loss = mean_token_loss(engine, tokenizer, val_docs)
+            if progress and done < config.num_steps:
+                progress.note(f"step {done:4d} | val loss {record['val_loss']:.4f}")
         if metrics:
             metrics.log(**record)
         if progress:
@@ -223,6 +227,8 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
             progress.close()
         keep = f"; the last good checkpoint (step {last_saved}) is in {out}" if out and last_saved else ""
         what = "--lr" if config.optimizer == "adam" else "--lr (or use --optimizer adam)"
+        if not config.zero_grad:
+            what += " or drop --no-zero-grad (gradients that are never reset grow without bound)"
         print(f"microgpt: training diverged at step {e.step}: {e.reason}: lower {what} "
               f"(now {config.learning_rate}){keep}", file=sys.stderr)
         return 1
@@ -247,8 +253,8 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
         return 128 + interrupt.requested
 
     try:
-        if val_docs:
-            say(f"val loss: {mean_token_loss(engine, tokenizer, val_docs):.4f} ({len(val_docs)} documents)")
+        if val_loss is not None:
+            say(f"val loss: {val_loss:.4f} ({len(val_docs)} documents)")
         # Chapter 6: new documents from the trained model.
         if is_main and config.num_samples:
             say("--- samples ---")

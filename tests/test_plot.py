@@ -219,3 +219,22 @@ def test_plot_reads_the_metrics_of_a_real_training_run(tmp_path, monkeypatch, ca
     val_line = [line for line in figures[0].axes[0].get_lines() if line.get_label().startswith("validation")]
     assert list(val_line[0].get_xdata()) == [10, 20, 30]
     assert "numpy engine on names.txt" in figures[0].axes[0].get_title()
+
+
+def test_a_file_two_runs_appended_to_shows_the_last_run(tmp_path):
+    """Running train twice with the same --metrics appends a second run; plot shows only the last."""
+    from microgpt.metrics import read_metrics
+
+    path = tmp_path / "twice.jsonl"
+    first = MetricsWriter(path, {"engine": "numpy", "config": Config().to_dict(), "vocab_size": 27})
+    for step in range(1, 6):
+        first.log(step=step, loss=3.0, lr=0.01, time=step)
+    first.close()
+    with open(path, "a") as f:  # a second, fresh run appends its own header
+        f.write('{"type": "run", "engine": "scalar", "config": {}, "vocab_size": 27}\n')
+        for step in range(1, 4):
+            f.write(f'{{"type": "step", "step": {step}, "loss": {2.0 + step}, "lr": 0.01, "time": {step}}}\n')
+    metrics = read_metrics(path)
+    assert metrics.run["engine"] == "scalar"
+    assert [r["step"] for r in metrics.steps] == [1, 2, 3]
+    assert metrics.losses == [3.0, 4.0, 5.0]
