@@ -226,11 +226,12 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
         if progress:
             progress.close()
         keep = f"; the last good checkpoint (step {last_saved}) is in {out}" if out and last_saved else ""
-        what = "--lr" if config.optimizer == "adam" else "--lr (or use --optimizer adam)"
+        fix = f"lower --lr (now {config.learning_rate})"
+        if config.optimizer == "sgd":
+            fix += " or use --optimizer adam"
         if not config.zero_grad:
-            what += " or drop --no-zero-grad (gradients that are never reset grow without bound)"
-        print(f"microgpt: training diverged at step {e.step}: {e.reason}: lower {what} "
-              f"(now {config.learning_rate}){keep}", file=sys.stderr)
+            fix += " or drop --no-zero-grad (gradients never reset grow without bound)"
+        print(f"microgpt: training diverged at step {e.step}: {e.reason}: {fix}{keep}", file=sys.stderr)
         return 1
     finally:
         interrupt.in_loop = False
