@@ -11,7 +11,6 @@ Exports: `load_docs`, `default_dataset`, `fingerprint`, `split_docs`, `DataError
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 import tempfile
@@ -48,7 +47,8 @@ def load_docs(path: str | os.PathLike) -> list[str]:
         raise DataError(f"data file {path} is not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}): "
                         "convert it, e.g. iconv -f latin1 -t utf-8") from None
     # Lines as Python's text files give them: \n, \r\n and \r all end a line.
-    docs = [line.strip() for line in io.StringIO(text, newline=None) if line.strip()]
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    docs = [doc for line in lines if (doc := line.strip())]
     if not docs:
         raise DataError(f"data file {path} has no documents (it is empty or blank): "
                         "put one document per line")
