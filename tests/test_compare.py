@@ -41,8 +41,6 @@ def write_run(path: Path, head: dict, num_steps: int, seed: int, floor: float, s
 
 
 def run_cli(argv: list[str], monkeypatch) -> int:
-    # Only the commands under test are registered, so these tests do not depend on the others' modules.
-    monkeypatch.setattr(cli, "COMMANDS", {k: cli.COMMANDS[k] for k in ("plot", "compare")})
     return cli.main(argv)
 
 

@@ -8,13 +8,10 @@ initialisation is checked against a fresh Random(42) drawn in SPEC section 4's o
 
 from __future__ import annotations
 
-import gc
 import math
 import random
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -23,7 +20,7 @@ import torch.nn.functional as F
 from microgpt.autograd import Value
 from microgpt.config import Config
 from microgpt.engines.base import param_shapes
-from microgpt.engines.scalar import ScalarEngine
+from microgpt.engines.scalar import ScalarEngine, no_cycle_collection
 from microgpt.model import document_loss, gpt, init_params, linear, rmsnorm, softmax
 from microgpt.tokenizer import Tokenizer
 
@@ -33,19 +30,6 @@ TINY = Config(n_layer=2, n_embd=8, n_head=2, block_size=8)
 
 def random_doc(rng: random.Random, length: int) -> str:
     return "".join(rng.choice(ALPHABET) for _ in range(length))
-
-
-@contextmanager
-def no_cyclic_gc() -> Iterator[None]:
-    """Value graphs hold no reference cycles, so the cyclic collector only costs time: with torch
-    loaded (many tracked objects) it makes the scalar forward pass several times slower."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def tiny_setup(doc_length: int, seed: int):
@@ -77,7 +61,7 @@ def test_model_gradient_matches_finite_differences():
 
     pick = random.Random(2)
     checked = nonzero = 0
-    with no_cyclic_gc():
+    with no_cycle_collection():
         document_loss(tokens, params, TINY).backward()
         for name, mat in params.items():
             rows, cols = len(mat), len(mat[0])
@@ -217,7 +201,7 @@ def test_backward_on_a_deep_graph_does_not_recurse():
     rng = random.Random(6)
     params = init_params(config, tokenizer.vocab_size, rng)
     tokens = tokenizer.example(random_doc(rng, 70))
-    with no_cyclic_gc():
+    with no_cycle_collection():
         start = time.perf_counter()
         loss = document_loss(tokens, params, config)
         forward = time.perf_counter() - start

@@ -42,8 +42,6 @@ def write_run(path: Path, num_steps: int = 400, seed: int = 0, val_every: int = 
 
 
 def run_cli(argv: list[str], monkeypatch) -> int:
-    # Only the commands under test are registered, so these tests do not depend on the others' modules.
-    monkeypatch.setattr(cli, "COMMANDS", {k: cli.COMMANDS[k] for k in ("plot", "compare")})
     return cli.main(argv)
 
 

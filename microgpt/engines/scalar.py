@@ -3,7 +3,7 @@
 A thin adapter over `microgpt.model` (the GPT of chapter 4 on `Value`s) and
 `microgpt.optim.Adam`; it adds nothing to the arithmetic. Standard library only.
 
-Exports: `ScalarEngine`.
+Exports: `ScalarEngine`, `no_cycle_collection`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .base import Engine
 
 
 @contextmanager
-def _no_cycle_collection() -> Iterator[None]:
+def no_cycle_collection() -> Iterator[None]:
     """Pause Python's cycle collector while a graph is built or walked.
 
     A step creates some 60,000 Values that live until backward() is done; the collector keeps
@@ -52,7 +52,7 @@ class ScalarEngine(Engine):
 
     def forward(self, batch: list[list[int]]) -> float:
         try:
-            with _no_cycle_collection():
+            with no_cycle_collection():
                 losses = [document_loss(tokens, self.params_by_name, self.config) for tokens in batch]
         except (OverflowError, ValueError, ZeroDivisionError):
             # exp() overflowed or a probability reached 0: the run has diverged.
@@ -64,7 +64,7 @@ class ScalarEngine(Engine):
 
     def backward(self) -> None:
         if self._loss is not None:
-            with _no_cycle_collection():
+            with no_cycle_collection():
                 self._loss.backward()
                 self._loss = None  # let the graph go
 
