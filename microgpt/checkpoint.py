@@ -9,7 +9,7 @@ The state file is written first under a new name, then checkpoint.json is replac
 that rename is the moment the new checkpoint exists, so a kill at any instant leaves a whole one.
 No pickle anywhere. Weights cross engines by name, so any engine loads any engine's checkpoint.
 
-Exports: `save_checkpoint`, `load_checkpoint`, `Checkpoint`, `CheckpointError`, `FORMAT_VERSION`.
+Exports: `save_checkpoint`, `snapshot_state`, `load_checkpoint`, `Checkpoint`, `CheckpointError`, `FORMAT_VERSION`.
 """
 
 from __future__ import annotations
@@ -101,14 +101,14 @@ class Checkpoint:
                 for key, prefix in (("m", "adam.m."), ("v", "adam.v."), ("grad", "grad."))})
 
 
-def save_checkpoint(path: str | Path, engine: Engine, step: int, rng: random.Random, vocab: list[str],
-                    data_fingerprint: str, extra: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint of `engine` after `step` completed steps into folder `path`."""
-    import numpy as np
-    from safetensors.numpy import save
+def snapshot_state(engine: Engine) -> dict[str, Any]:
+    """The engine's weights, Adam moments and gradients as float64 arrays, checked to be finite.
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    Taken apart from the write so that a run can check a step's state, log the step, and only
+    then write the checkpoint: a checkpoint never gets ahead of the metrics file.
+    """
+    import numpy as np
+
     tensors = {name: np.ascontiguousarray(w, dtype=np.float64) for name, w in engine.state_dict().items()}
     opt = engine.optimizer_state()
     for key, prefix in (("m", "adam.m."), ("v", "adam.v."), ("grad", "grad.")):
@@ -117,6 +117,21 @@ def save_checkpoint(path: str | Path, engine: Engine, step: int, rng: random.Ran
     bad = [name for name, t in tensors.items() if not np.isfinite(t).all()]
     if bad:
         raise NonFiniteState(bad)  # never replace a good checkpoint with a diverged one
+    return tensors
+
+
+def save_checkpoint(path: str | Path, engine: Engine, step: int, rng: random.Random, vocab: list[str],
+                    data_fingerprint: str, extra: dict[str, Any] | None = None,
+                    state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint of `engine` after `step` completed steps into folder `path`.
+
+    `state` is a `snapshot_state(engine)` already taken; without it one is taken here.
+    """
+    from safetensors.numpy import save
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = snapshot_state(engine) if state is None else state
     payload = save(tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
     state_file = f"state-{step:07d}.safetensors"
     write_atomic(path / state_file, payload)

@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import CheckpointError, NonFiniteState, is_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, NonFiniteState, is_checkpoint, load_checkpoint, save_checkpoint,
+                         snapshot_state)
 from .cli import add_config_arguments, config_from_args, config_overrides
 from .config import TRAJECTORY_FIELDS, Config, flag_of
 from .data import default_dataset, fingerprint, load_docs, shuffled, split_docs
@@ -187,13 +188,17 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
     progress = Progress(config.num_steps, start_step) if is_main and not args.quiet else None
     started = time.perf_counter()
 
-    def checkpoint_now(step: int) -> None:
+    def snapshot(step: int):
+        """The state to checkpoint after `step`; a diverged one stops the run before it is logged."""
+        try:
+            return snapshot_state(engine)
+        except NonFiniteState as e:
+            raise TrainingDiverged(step, f"the weights became infinite or NaN ({', '.join(e.names[:3])})") from None
+
+    def checkpoint_now(step: int, state=None) -> None:
         if out and is_main:
-            try:
-                save_checkpoint(out, engine, step, rng, tokenizer.chars, data_print,
-                                extra={**extra_meta, "elapsed": elapsed_before + time.perf_counter() - started})
-            except NonFiniteState as e:
-                raise TrainingDiverged(step, f"the weights became infinite or NaN ({', '.join(e.names[:3])})") from None
+            save_checkpoint(out, engine, step, rng, tokenizer.chars, data_print, state=state,
+                            extra={**extra_meta, "elapsed": elapsed_before + time.perf_counter() - started})
 
     last_saved = start_step
     interrupt = _Interrupt()
@@ -203,9 +208,9 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
     def on_step(step: int, loss: float, lr_t: float) -> bool:
         nonlocal last_saved, val_loss
         done = step + 1
-        if out and (done % args.checkpoint_every == 0 or done == config.num_steps):
-            checkpoint_now(done)  # first: a step whose update broke the weights is not logged as good
-            last_saved = done
+        saving = out and (done % args.checkpoint_every == 0 or done == config.num_steps)
+        # Checked first, so a step whose update broke the weights is not logged as good.
+        state = snapshot(done) if saving and is_main else None
         record = {"step": done, "loss": loss, "lr": lr_t,
                   "time": round(elapsed_before + time.perf_counter() - started, 6)}
         if val_docs and ((config.eval_every and done % config.eval_every == 0) or done == config.num_steps):
@@ -214,6 +219,11 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
                 progress.note(f"step {done:4d} | val loss {record['val_loss']:.4f}")
         if metrics:
             metrics.log(**record)
+        if saving:
+            # Written after the step is logged: a kill in between leaves a metrics file a step ahead
+            # of the checkpoint, which a resume trims, never a checkpoint ahead of its metrics.
+            checkpoint_now(done, state)
+            last_saved = done
         if progress:
             progress.update(done, loss)
         return bool(interrupt.requested)
@@ -244,7 +254,14 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
         interrupt.restore()
         if out and is_main:
             if last_saved != done:
-                checkpoint_now(done)
+                try:
+                    checkpoint_now(done, snapshot(done))
+                except TrainingDiverged as e:
+                    keep = (f"the last good checkpoint (step {last_saved}) is in {out}" if last_saved
+                            else "nothing saved")
+                    print(f"microgpt: interrupted at step {done}, where {e.reason}: lower --lr "
+                          f"(now {config.learning_rate}); {keep}", file=sys.stderr)
+                    return 1
             print(f"interrupted at step {done} of {config.num_steps}; checkpoint saved in {out}. "
                   f"Resume with: microgpt train --resume {out}"
                   + (f" --metrics {args.metrics}" if args.metrics else ""), file=sys.stderr)

@@ -222,6 +222,26 @@ def test_sigkill_leaves_a_checkpoint_that_resumes_exactly(tmp_path, reference, e
     assert sorted(p.name for p in ck.iterdir()) == ["checkpoint.json", f"state-{steps:07d}.safetensors"]
 
 
+def test_a_checkpoint_is_never_ahead_of_the_metrics_file(tmp_path, monkeypatch):
+    """A kill may fall between logging a step and writing its checkpoint. The step must be logged
+    first: a metrics file a step ahead is trimmed by the resume, but a checkpoint ahead of its
+    metrics would leave a step that no run ever logs."""
+    ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
+    written = []
+    real_save = microgpt.run.save_checkpoint
+
+    def save_and_look(path, engine, step, *args, **kwargs):
+        written.append((step, steps_logged(metrics)[-1]["step"]))
+        return real_save(path, engine, step, *args, **kwargs)
+
+    monkeypatch.setattr(microgpt.run, "save_checkpoint", save_and_look)
+    rc, _, err = run_cli("train", "--data", NAMES, "--engine", "numpy", "--n-embd", "8", "--n-head", "2",
+                         "--steps", "12", "--checkpoint-every", "5", "--out", ck, "--metrics", metrics,
+                         "--num-samples", "0", "--quiet")
+    assert rc == 0, err
+    assert written == [(5, 5), (10, 10), (12, 12)]
+
+
 # --- (c) every training option resumes exactly -----------------------------------------------------
 
 
