@@ -19,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import (CheckpointError, NonFiniteState, is_checkpoint, load_checkpoint, save_checkpoint,
-                         snapshot_state)
+from .checkpoint import CheckpointError, NonFiniteState, is_checkpoint, load_checkpoint, save_checkpoint, snapshot_state
 from .cli import add_config_arguments, config_from_args, config_overrides
 from .config import TRAJECTORY_FIELDS, Config, flag_of
 from .data import default_dataset, fingerprint, load_docs, shuffled, split_docs

@@ -1,8 +1,11 @@
-"""Shared fixtures: where the datasets are, and the book engine's default run (computed once)."""
+"""Shared fixtures: where the datasets are, the book engine's default run (computed once), and
+synthetic metrics files for the commands that read them."""
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from microgpt.config import Config
 from microgpt.data import load_docs, shuffled
 from microgpt.engines import create_engine
+from microgpt.metrics import MetricsWriter
 from microgpt.sample import sample
 from microgpt.tokenizer import Tokenizer
 from microgpt.train import train
@@ -42,3 +46,23 @@ def default_run(engine_name: str, config: Config | None = None, **options) -> di
 def book_run() -> dict:
     """The faithful default run on the book engine: minutes, so run once per test session."""
     return default_run("scalar")
+
+
+def write_synthetic_run(path: Path, header: dict, num_steps: int, seed: int, floor: float, decay: float,
+                        step_time: float, lr: Callable[[int], float] = lambda step: 0.01,
+                        val_loss: Callable[[int], float | None] = lambda step: None) -> list[dict]:
+    """A metrics file whose loss decays like a real run's, `floor + exp(-step / decay)` plus seeded
+    noise, levelling off at `floor`; `val_loss(step)` adds a validation loss where it is not None.
+    Returns the step records written."""
+    writer = MetricsWriter(path, header)
+    rng = random.Random(seed)
+    records = []
+    for step in range(1, num_steps + 1):
+        record = {"step": step, "loss": floor + math.exp(-step / decay) + rng.gauss(0, 0.3), "lr": lr(step),
+                  "time": round(step_time * step, 6)}
+        if val_loss(step) is not None:
+            record["val_loss"] = val_loss(step)
+        writer.log(**record)
+        records.append(record)
+    writer.close()
+    return records

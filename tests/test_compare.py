@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import math
-import random
 import re
 import struct
 from pathlib import Path
 
 import pytest
+from conftest import write_synthetic_run
 
 from microgpt import cli
 from microgpt import compare as compare_module
 from microgpt.compare import run_labels
 from microgpt.config import Config
-from microgpt.metrics import MetricsWriter
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -25,26 +24,10 @@ def header(engine: str = "numpy", data: str = "/data/names.txt", vocab_size: int
 
 def write_run(path: Path, head: dict, num_steps: int, seed: int, floor: float, step_time: float,
               val: bool = False) -> list[dict]:
-    """A metrics file with a decaying, noisy loss curve levelling off at `floor`; returns its step records."""
-    writer = MetricsWriter(path, head)
-    rng = random.Random(seed)
-    records = []
-    for step in range(1, num_steps + 1):
-        record = {"step": step, "loss": floor + 1.0 * math.exp(-step / 100) + rng.gauss(0, 0.3),
-                  "lr": 0.01, "time": round(step_time * step, 6)}
-        if val and step == num_steps:
-            record["val_loss"] = floor + 0.1
-        writer.log(**record)
-        records.append(record)
-    writer.close()
-    return records
+    """A noisy loss curve levelling off at `floor`, with a validation loss at the last step if `val`."""
+    return write_synthetic_run(path, head, num_steps, seed, floor, decay=100, step_time=step_time,
+                               val_loss=lambda step: floor + 0.1 if val and step == num_steps else None)
 
-
-def run_cli(argv: list[str], monkeypatch) -> int:
-    return cli.main(argv)
-
-
-# --- labels ---------------------------------------------------------------------------------------------------
 
 def test_labels_name_what_departs_from_the_common_settings():
     runs = [header(), header(optimizer="sgd"), header(lr_schedule="cosine", warmup_steps=100)]
@@ -114,11 +97,11 @@ def three_runs(tmp_path):
     return tmp_path, records
 
 
-def test_compare_table_holds_each_runs_figures(three_runs, monkeypatch, capsys):
+def test_compare_table_holds_each_runs_figures(three_runs, capsys):
     tmp_path, records = three_runs
     paths = [str(tmp_path / n) for n in ("base.jsonl", "sgd.jsonl", "cos.jsonl")]
     out = tmp_path / "compare.png"
-    assert run_cli(["compare", *paths, "-o", str(out), "--window", "50"], monkeypatch) == 0
+    assert cli.main(["compare", *paths, "-o", str(out), "--window", "50"]) == 0
     printed = capsys.readouterr().out
     head = next(line for line in printed.splitlines() if line.startswith("run "))
     assert re.split(r"\s{2,}", head) == ["run", "steps", "final loss", "mean last 50", "min loss", "val loss",
@@ -149,7 +132,7 @@ def test_compare_draws_each_run_raw_and_smoothed(three_runs, monkeypatch):
     real_save = compare_module.save_figure
     monkeypatch.setattr(compare_module, "save_figure", lambda fig, path: (figures.append(fig), real_save(fig, path)))
     paths = [str(tmp_path / n) for n in ("base.jsonl", "sgd.jsonl", "cos.jsonl")]
-    assert run_cli(["compare", *paths, "-o", str(tmp_path / "c.png"), "--window", "20"], monkeypatch) == 0
+    assert cli.main(["compare", *paths, "-o", str(tmp_path / "c.png"), "--window", "20"]) == 0
     (ax,) = figures[0].axes
     lines = ax.get_lines()
     by_label = {line.get_label(): line for line in lines}
@@ -175,7 +158,7 @@ def test_compare_draws_one_uniform_level_per_vocabulary(tmp_path, monkeypatch, c
     real_save = compare_module.save_figure
     monkeypatch.setattr(compare_module, "save_figure", lambda fig, path: (figures.append(fig), real_save(fig, path)))
     argv = ["compare", str(tmp_path / "names.jsonl"), str(tmp_path / "shake.jsonl"), "-o", str(tmp_path / "c.svg")]
-    assert run_cli(argv, monkeypatch) == 0
+    assert cli.main(argv) == 0
     levels = sorted(line.get_ydata()[0] for line in figures[0].axes[0].get_lines()
                     if line.get_label().startswith("uniform guess"))
     assert levels == pytest.approx([math.log(27), math.log(66)])
@@ -184,7 +167,7 @@ def test_compare_draws_one_uniform_level_per_vocabulary(tmp_path, monkeypatch, c
     assert "<svg" in (tmp_path / "c.svg").read_text()[:2000]
 
 
-def test_compare_errors_exit_2_with_one_line(three_runs, monkeypatch, capsys):
+def test_compare_errors_exit_2_with_one_line(three_runs, capsys):
     tmp_path, _ = three_runs
     good = str(tmp_path / "base.jsonl")
     cases = [
@@ -194,7 +177,7 @@ def test_compare_errors_exit_2_with_one_line(three_runs, monkeypatch, capsys):
         ([good, good, "-o", str(tmp_path / "no" / "c.png")], "does not exist"),
     ]
     for argv, message in cases:
-        assert run_cli(["compare", *argv], monkeypatch) == 2, argv
+        assert cli.main(["compare", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("microgpt: error: ") and message in err, err
     assert not (tmp_path / "c.png").exists()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import NAMES
+from conftest import NAMES, write_synthetic_run
 
 from microgpt import cli
 from microgpt import plot as plot_module
@@ -24,25 +24,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def write_run(path: Path, num_steps: int = 400, seed: int = 0, val_every: int = 100, vocab_size: int = VOCAB,
               engine: str = "numpy", **config) -> list[dict]:
-    """A metrics file with a decaying, noisy loss curve like a real run's; returns its step records."""
-    cfg = Config(num_steps=num_steps, **config).to_dict()
-    writer = MetricsWriter(path, {"engine": engine, "config": cfg, "data": "/data/names.txt",
-                                  "vocab_size": vocab_size, "num_params": 4192})
-    rng = random.Random(seed)
-    records = []
-    for step in range(1, num_steps + 1):
-        record = {"step": step, "loss": 2.3 + 1.0 * math.exp(-step / 120) + rng.gauss(0, 0.3),
-                  "lr": 0.01 * (1 - (step - 1) / num_steps), "time": round(0.004 * step, 6)}
-        if val_every and step % val_every == 0:
-            record["val_loss"] = 2.4 + 0.9 * math.exp(-step / 120)
-        writer.log(**record)
-        records.append(record)
-    writer.close()
-    return records
-
-
-def run_cli(argv: list[str], monkeypatch) -> int:
-    return cli.main(argv)
+    """A metrics file like a real run's, with a validation loss every `val_every` steps."""
+    header = {"engine": engine, "config": Config(num_steps=num_steps, **config).to_dict(), "data": "/data/names.txt",
+              "vocab_size": vocab_size, "num_params": 4192}
+    return write_synthetic_run(path, header, num_steps, seed, floor=2.3, decay=120, step_time=0.004,
+                               lr=lambda step: 0.01 * (1 - (step - 1) / num_steps),
+                               val_loss=lambda step: (2.4 + 0.9 * math.exp(-step / 120)
+                                                      if val_every and step % val_every == 0 else None))
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -96,12 +84,12 @@ def test_running_mean_rejects_an_empty_window():
 
 # --- the plot command ---------------------------------------------------------------------------------------
 
-def test_plot_writes_a_png_of_the_expected_size(tmp_path, monkeypatch, capsys):
+def test_plot_writes_a_png_of_the_expected_size(tmp_path, capsys):
     from matplotlib.image import imread
 
     records = write_run(tmp_path / "run.jsonl")
     out = tmp_path / "loss.png"
-    assert run_cli(["plot", str(tmp_path / "run.jsonl"), "-o", str(out)], monkeypatch) == 0
+    assert cli.main(["plot", str(tmp_path / "run.jsonl"), "-o", str(out)]) == 0
     width, height = png_size(out)
     assert (width, height) == (1200, 720)  # 10 x 6 inches at 120 dpi
     pixels = imread(out)
@@ -117,7 +105,7 @@ def test_plot_draws_the_losses_the_mean_the_validation_and_the_uniform_level(tmp
     figures = []
     real_save = plot_module.save_figure
     monkeypatch.setattr(plot_module, "save_figure", lambda fig, path: (figures.append(fig), real_save(fig, path)))
-    assert run_cli(["plot", str(tmp_path / "run.jsonl"), "-o", str(tmp_path / "loss.png")], monkeypatch) == 0
+    assert cli.main(["plot", str(tmp_path / "run.jsonl"), "-o", str(tmp_path / "loss.png")]) == 0
     (ax,) = figures[0].axes
     lines = {line.get_label(): line for line in ax.get_lines()}
     losses = [r["loss"] for r in records]
@@ -139,21 +127,21 @@ def test_plot_draws_the_losses_the_mean_the_validation_and_the_uniform_level(tmp
     assert "torch engine" in title and "names.txt" in title and "sgd" in title and "n_embd=32" in title
 
 
-def test_plot_default_output_and_other_image_types(tmp_path, monkeypatch):
+def test_plot_default_output_and_other_image_types(tmp_path):
     write_run(tmp_path / "run.jsonl", num_steps=50, val_every=0)
-    assert run_cli(["plot", str(tmp_path / "run.jsonl")], monkeypatch) == 0
+    assert cli.main(["plot", str(tmp_path / "run.jsonl")]) == 0
     assert png_size(tmp_path / "run.png") == (1200, 720)
-    assert run_cli(["plot", str(tmp_path / "run.jsonl"), "-o", str(tmp_path / "loss.svg")], monkeypatch) == 0
+    assert cli.main(["plot", str(tmp_path / "run.jsonl"), "-o", str(tmp_path / "loss.svg")]) == 0
     assert "<svg" in (tmp_path / "loss.svg").read_text()[:2000]
-    assert run_cli(["plot", str(tmp_path / "run.jsonl"), "-o", str(tmp_path / "loss.pdf")], monkeypatch) == 0
+    assert cli.main(["plot", str(tmp_path / "run.jsonl"), "-o", str(tmp_path / "loss.pdf")]) == 0
     assert (tmp_path / "loss.pdf").read_bytes()[:5] == b"%PDF-"
 
 
-def test_plot_replaces_an_existing_image(tmp_path, monkeypatch):
+def test_plot_replaces_an_existing_image(tmp_path):
     write_run(tmp_path / "run.jsonl", num_steps=50)
     out = tmp_path / "loss.png"
     out.write_bytes(b"an old, broken image")
-    assert run_cli(["plot", str(tmp_path / "run.jsonl"), "-o", str(out)], monkeypatch) == 0
+    assert cli.main(["plot", str(tmp_path / "run.jsonl"), "-o", str(out)]) == 0
     assert png_size(out) == (1200, 720)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "run.jsonl"]
 
@@ -164,7 +152,7 @@ def _one_line_error(capsys) -> str:
     return err
 
 
-def test_plot_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
+def test_plot_errors_exit_2_with_one_line(tmp_path, capsys):
     good = tmp_path / "run.jsonl"
     write_run(good, num_steps=20)
     bad_json = tmp_path / "bad.jsonl"
@@ -188,7 +176,7 @@ def test_plot_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
         ([str(metrics_png)], "would overwrite the metrics file"),
     ]
     for argv, message in cases:
-        assert run_cli(["plot", *argv], monkeypatch) == 2, argv
+        assert cli.main(["plot", *argv]) == 2, argv
         assert message in _one_line_error(capsys), argv
     assert not (tmp_path / "a.png").exists()
 
