@@ -160,6 +160,8 @@ def is_checkpoint(path: str | Path) -> bool:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and check checkpoint.json; the state file is read on restore()."""
     path = Path(path)
+    if path.name == META and path.is_file():
+        path = path.parent  # the checkpoint's own JSON file was given for its folder
     meta_file = path / META
     if not path.exists():
         raise CheckpointError(f"checkpoint folder {path} does not exist: pass the --out folder of a training run")

@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import sys
 
+from . import __version__
 from .config import Config, flag_of
 from .errors import UserError
 
@@ -84,6 +85,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="microgpt", description="The smallest complete GPT, as the book teaches it: "
                      "train on one document per line, then sample.",
                      epilog="Run `microgpt COMMAND --help` for the flags of a command.")
+    parser.add_argument("--version", action="version", version=f"microgpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():

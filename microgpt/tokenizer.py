@@ -36,8 +36,9 @@ class Tokenizer:
             return [self._ids[ch] for ch in text]
         except KeyError:
             unknown = sorted({ch for ch in text if ch not in self._ids})
+            what = f"character {unknown[0]!r} is" if len(unknown) == 1 else f"characters {''.join(unknown)!r} are"
             raise TokenizerError(
-                f"characters {''.join(unknown)!r} are not in the vocabulary "
+                f"{what} not in the vocabulary "
                 f"({''.join(self.chars)!r}): use only those characters") from None
 
     def decode(self, ids: Iterable[int]) -> str:

@@ -283,6 +283,14 @@ def test_sample_with_prompt_starts_every_sample_with_it(trained):
     assert len(set(samples)) > 1  # the rest is drawn
 
 
+def test_the_checkpoint_json_file_stands_for_its_folder(trained):
+    folder = Path(trained["numpy"]["path"])
+    by_folder = run_cli("sample", "--checkpoint", folder, "--seed", 5)
+    by_file = run_cli("sample", "--checkpoint", folder / "checkpoint.json", "--seed", 5)
+    assert by_file[0] == 0, by_file[2]
+    assert by_file == by_folder
+
+
 def test_top_k_one_is_greedy_and_ignores_the_seed(trained):
     ck = trained["numpy"]["path"]
     outs = []
@@ -393,7 +401,9 @@ def test_out_onto_an_existing_checkpoint_needs_resume(trained, tmp_path, small_d
 
 def test_prompt_outside_the_vocabulary(trained):
     proc = run_module("sample", "--checkpoint", trained["numpy"]["path"], "--prompt", "Ma")
-    assert_one_line_error(proc, "'M'", "vocabulary")
+    assert_one_line_error(proc, "character 'M' is not", "vocabulary")
+    proc = run_module("sample", "--checkpoint", trained["numpy"]["path"], "--prompt", "MaX")
+    assert_one_line_error(proc, "characters 'MX' are not", "vocabulary")
 
 
 def test_negative_top_k(trained):

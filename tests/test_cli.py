@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import NAMES, SPEC_FIRST_LOSSES
 
+import microgpt
 from microgpt.cli import COMMANDS, main
 from microgpt.config import Config
 from microgpt.data import load_docs, shuffled
@@ -103,6 +104,13 @@ def test_top_level_help_lists_every_command(capsys):
     assert exit_info.value.code == 0
     for command in COMMANDS:
         assert re.search(rf"^\s+{command}\b", out, re.M), command
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"microgpt {microgpt.__version__}"
 
 
 def test_train_help_shows_the_book_defaults(capsys):
