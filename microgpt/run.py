@@ -194,7 +194,7 @@ def _run(args, config: Config, engine: Engine, rng: random.Random, tokenizer: To
         except NonFiniteState as e:
             raise TrainingDiverged(step, f"the weights became infinite or NaN ({', '.join(e.names[:3])})") from None
 
-    def checkpoint_now(step: int, state=None) -> None:
+    def checkpoint_now(step: int, state: dict) -> None:
         if out and is_main:
             save_checkpoint(out, engine, step, rng, tokenizer.chars, data_print, state=state,
                             extra={**extra_meta, "elapsed": elapsed_before + time.perf_counter() - started})
