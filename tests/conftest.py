@@ -1,45 +1,132 @@
-"""Shared fixtures: where the datasets are, the book engine's default run (computed once), and
-synthetic metrics files for the commands that read them."""
+"""What the tests share: the data, the golden figures, the engine registry, and the helpers that run the
+command line (in this process or as a user would, in a fresh one) and check its one-line errors.
+
+Everything read here is inside the repository: the packaged names dataset, `tests/golden/` (the book
+engine's figures, recorded once) and `tests/fixtures/`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
+import os
 import random
+import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from microgpt.cli import main
 from microgpt.config import Config
-from microgpt.data import load_docs, shuffled
-from microgpt.engines import create_engine
+from microgpt.data import names_path, prepare
+from microgpt.engines import ENGINES, create_engine
 from microgpt.metrics import MetricsWriter
 from microgpt.sample import sample
-from microgpt.tokenizer import Tokenizer
 from microgpt.train import train
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-NAMES = SHARED / "data" / "names.txt"
-SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+FIXTURES = TESTS / "fixtures"
+NAMES = names_path()  # the packaged dataset, checked against its pinned sha256
+GOLDEN = json.loads((TESTS / "golden" / "book_engine.json").read_text(encoding="utf-8"))
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
-# SPEC section 8: the figures of the default run (seed 42, names.txt).
+# SPEC section 8: the figures of the default run (seed 42, names.txt), rounded as the SPEC states them.
 SPEC_FIRST_LOSSES = [3.3660, 3.4243, 3.1778, 3.0664, 3.2209]
 SPEC_LAST_LOSS = 2.6497
 SPEC_SAMPLES = ["kamon", "ann", "karai", "jaire", "vialan", "karia", "yeran", "anna", "areli", "kaina",
                 "konna", "keylen", "liole", "alerin", "earan", "lenne", "kana", "lara", "alela", "anton"]
 
 
-def default_run(engine_name: str, config: Config | None = None, **options) -> dict:
+def has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def engine_params(engines=tuple(ENGINES)) -> list:
+    """pytest params over the registry; the torch engine carries the `torch` mark and skips without PyTorch."""
+    return [pytest.param(name, marks=[pytest.mark.torch, pytest.mark.skipif(
+        not has_torch() and not IN_CI, reason="PyTorch is not installed (pip install -e \".[torch]\")")])
+        if name == "torch" else name for name in engines]
+
+
+def needs(program: str, why: str):
+    """Skip (outside CI) when a system program is missing; under CI=true the test runs and fails without it."""
+    return pytest.mark.skipif(shutil.which(program) is None and not IN_CI,
+                              reason=f"{program} is not installed ({why})")
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    """`microgpt ARGS` in this process; (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def run_module(*args, env: dict | None = None, cwd: Path | None = None, timeout: float = 600,
+               **kwargs) -> subprocess.CompletedProcess:
+    """`python -m microgpt ARGS` as a user runs it: a fresh process, no terminal, stdin closed."""
+    return subprocess.run([sys.executable, "-m", "microgpt", *map(str, args)], cwd=cwd or ROOT, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=timeout, env=env, **kwargs)
+
+
+def assert_one_line_error(proc, *words: str, code: int = 2, prefix: str = r"microgpt: error: ") -> str:
+    """Exit status `code`, exactly one line on stderr matching `prefix` (a regex) and naming `words`, no traceback.
+
+    `proc` is a CompletedProcess or run_cli's (status, stdout, stderr).
+    """
+    rc, err = (proc.returncode, proc.stderr) if hasattr(proc, "returncode") else (proc[0], proc[2])
+    assert rc == code, (rc, err)
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert re.match(prefix, lines[0]), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def samples_of(stdout: str) -> list[str]:
+    """The samples a train or sample command printed, without their numbers."""
+    return [line.split(": ", 1)[1] if ": " in line else "" for line in stdout.splitlines() if line.startswith("sample ")]
+
+
+def step_records(path: Path) -> list[dict]:
+    """Every step record of a metrics file (all runs), as written."""
+    return [r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r.get("type") == "step"]
+
+
+def write_docs(path: Path, docs: list[str]) -> Path:
+    path.write_text("\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+def default_run(engine_name: str, config: Config | None = None, data: Path | None = None, **options) -> dict:
     """Train `engine_name` with `config` (default: the book's) on names.txt; losses, samples, engine."""
-    config = config or Config()
-    rng = random.Random(config.seed)
-    docs = shuffled(load_docs(NAMES), rng)
-    tokenizer = Tokenizer.from_docs(docs)
-    engine = create_engine(engine_name, config, tokenizer.vocab_size, rng, **options)
+    config = (config or Config()).validate()
+    dataset, rng = prepare(config, data)
+    engine = create_engine(engine_name, config, dataset.tokenizer.vocab_size, rng, **options)
     losses: list[float] = []
-    train(engine, docs, tokenizer, config, on_step=lambda step, loss, lr: losses.append(loss) and False)
-    samples = [sample(engine, tokenizer, rng, config.temperature) for _ in range(config.num_samples)]
-    return {"losses": losses, "samples": samples, "engine": engine, "tokenizer": tokenizer, "docs": docs}
+
+    def record(step: int, loss: float, lr: float) -> bool:
+        losses.append(loss)
+        return False
+
+    train(engine, dataset, config, on_step=record)
+    samples = [sample(engine, dataset.tokenizer, rng, config.temperature, config.top_k)
+               for _ in range(config.num_samples)]
+    return {"losses": losses, "samples": samples, "engine": engine, "tokenizer": dataset.tokenizer,
+            "docs": dataset.docs, "data": dataset}
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +140,8 @@ def write_synthetic_run(path: Path, header: dict, num_steps: int, seed: int, flo
                         val_loss: Callable[[int], float | None] = lambda step: None) -> list[dict]:
     """A metrics file whose loss decays like a real run's, `floor + exp(-step / decay)` plus seeded
     noise, levelling off at `floor`; `val_loss(step)` adds a validation loss where it is not None.
-    Returns the step records written."""
-    writer = MetricsWriter(path, header)
+    Appends a run to `path` (a new file, or one already holding runs). Returns the step records written."""
+    writer = MetricsWriter(path, {"run_id": f"synthetic{seed}", **header})
     rng = random.Random(seed)
     records = []
     for step in range(1, num_steps + 1):

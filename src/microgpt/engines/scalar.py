@@ -1,7 +1,9 @@
 """The book engine behind the engine seam: the same numbers, one scalar at a time.
 
 A thin adapter over `microgpt.model` (the GPT of chapter 4 on `Value`s) and
-`microgpt.optim.Adam`; it adds nothing to the arithmetic. Standard library only.
+`microgpt.optim.Adam`; it adds nothing to the arithmetic. Its four flat arrays are the
+parameters' `.data` and `.grad` and Adam's lists `m` and `v`, in the shared layout.
+Standard library only.
 
 Exports: `ScalarEngine`, `no_cycle_collection`.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import gc
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,10 +47,16 @@ class ScalarEngine(Engine):
 
     def __init__(self, config: Config, vocab_size: int, rng: random.Random) -> None:
         super().__init__(config, vocab_size, rng)
-        self.params_by_name = init_params(config, vocab_size, rng)
+        if config.dropout:
+            from ..errors import UserError
+
+            raise UserError("the scalar engine has no dropout (the book's model has none): use --engine numpy "
+                            "or torch, or drop --dropout")
+        self.params_by_name = init_params(config, vocab_size, rng)  # the book's own initialisation
         self.params = [p for mat in self.params_by_name.values() for row in mat for p in row]
         self.optimizer = Adam(self.params, config)
         self._loss: Value | None = None
+        self._before: list[float] = []  # the weights before the last update, for its size
 
     def forward(self, batch: list[list[int]]) -> float:
         try:
@@ -69,11 +77,31 @@ class ScalarEngine(Engine):
                 self._loss = None  # let the graph go
 
     def step(self, lr_t: float, step: int) -> None:
+        if self.want_stats:  # the update's size is what the weights were minus what they are
+            self._before = [p.data for p in self.params]
+        super().step(lr_t, step)
+
+    def _update(self, lr_t: float, step: int) -> None:
+        decay = self.config.weight_decay
+        if decay:  # decoupled (AdamW): shrink every weight before Adam moves it
+            for p in self.params:
+                p.data -= lr_t * decay * p.data
         self.optimizer.step(lr_t, step)
 
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = 0
+
+    def grad_norm(self) -> float:
+        return math.sqrt(math.fsum(p.grad * p.grad for p in self.params))
+
+    def scale_grad(self, factor: float) -> None:
+        for p in self.params:
+            p.grad *= factor
+
+    def _sum_squares(self, kind: str) -> list[float]:
+        flat = self._flat(kind)
+        return [math.fsum(x * x for x in flat[self.layout.span(name)]) for name in self.shapes]
 
     def evaluate(self, tokens: list[int]) -> float:
         try:
@@ -88,33 +116,27 @@ class ScalarEngine(Engine):
         keys, values = cache
         return [v.data for v in gpt(token_id, pos_id, keys, values, self.params_by_name, self.config)]
 
-    def _rows(self, attr: str) -> dict[str, list[list[float]]]:
-        return {name: [[getattr(p, attr) for p in row] for row in mat] for name, mat in self.params_by_name.items()}
+    # The four flat arrays.
 
-    def state_dict(self) -> dict[str, Any]:
-        return self._rows("data")
+    def _flat(self, kind: str) -> list[float]:
+        if kind == "params":
+            return [p.data for p in self.params]
+        if kind == "grad":
+            return [float(p.grad) for p in self.params]
+        if kind == "update":
+            return [b - p.data for b, p in zip(self._before, self.params)] if self._before else []
+        return list(getattr(self.optimizer, kind))
 
-    def load_state_dict(self, weights: dict[str, Any]) -> None:
-        for name, mat in self.params_by_name.items():
-            for row, new_row in zip(mat, weights[name], strict=False):
-                for p, x in zip(row, new_row, strict=False):
-                    p.data = float(x)
+    def _export(self, kind: str) -> dict[str, Any]:
+        return self.layout.rows(self._flat(kind))
 
-    def optimizer_state(self) -> dict[str, dict[str, Any]]:
-        state: dict[str, dict[str, Any]] = {"grad": self._rows("grad"), "m": {}, "v": {}}
-        i = 0
-        for name, mat in self.params_by_name.items():
-            for key, flat in (("m", self.optimizer.m), ("v", self.optimizer.v)):
-                state[key][name] = [flat[i + r * len(row): i + (r + 1) * len(row)] for r, row in enumerate(mat)]
-            i += sum(len(row) for row in mat)
-        return state
-
-    def load_optimizer_state(self, state: dict[str, dict[str, Any]]) -> None:
-        i = 0
-        for name, mat in self.params_by_name.items():
-            for r, row in enumerate(mat):
-                for c, p in enumerate(row):
-                    p.grad = float(state["grad"][name][r][c])
-                    self.optimizer.m[i] = float(state["m"][name][r][c])
-                    self.optimizer.v[i] = float(state["v"][name][r][c])
-                    i += 1
+    def _import(self, kind: str, matrices: Mapping[str, Any]) -> None:
+        flat = [float(x) for name in self.shapes for row in matrices[name] for x in row]
+        if kind == "params":
+            for p, x in zip(self.params, flat):
+                p.data = x
+        elif kind == "grad":
+            for p, x in zip(self.params, flat):
+                p.grad = x
+        else:
+            getattr(self.optimizer, kind)[:] = flat

@@ -4,7 +4,8 @@ The flags of every hyperparameter are generated from the `Config` dataclass, so 
 declared once. Each command lives in its own module with `configure(parser)` and `main(args)`;
 a `UserError` anywhere becomes one line on stderr and exit status 2.
 
-Exports: `main`, `add_config_arguments`, `config_from_args`.
+Exports: `main`, `add_config_arguments`, `config_from_args`, `config_overrides`, `data_arguments`,
+`step_arguments`, `engine_arguments`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
+import signal
 import sys
 
 from . import __version__
 from .config import Config, flag_of
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 # command -> (module, one-line description); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -33,6 +36,7 @@ GROUP_TITLES = {
     "model": "model (chapter 4)",
     "training": "training (chapter 5)",
     "chapter7": "what the book's loop omits (chapter 7)",
+    "beyond": "beyond the book: text streams and nanoGPT's options (all off by default)",
     "sampling": "sampling (chapter 6)",
 }
 
@@ -56,11 +60,50 @@ def add_config_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...
                 sections[group].add_argument(flag_of(f.name), dest=f.name, action="store_true",
                                              default=argparse.SUPPRESS, help=help_text)
             continue
-        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
         choices = f.metadata.get("choices")
         metavar = None if choices else {"int": "N", "float": "X"}.get(kind.__name__, "VALUE")
         sections[group].add_argument(flag_of(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
                                      choices=choices, metavar=metavar, help=f"{help_text} (default: {default})")
+
+
+def data_arguments(group: argparse._ArgumentGroup) -> None:
+    """--data and --sha256, as every command that reads training data takes them."""
+    group.add_argument("--data", metavar="FILE|URL", help="the training text: a file, or an http(s) URL downloaded "
+                       "once into the cache ($MICROGPT_CACHE, default ~/.cache/microgpt) (default: the names "
+                       "dataset shipped with microgpt)")
+    group.add_argument("--sha256", metavar="HEX", help="refuse --data unless its sha256 is HEX (a download's "
+                       "sha256 is printed the first time)")
+
+
+def step_arguments(group: argparse._ArgumentGroup) -> None:
+    """--data, --sha256, --doc and --seed: the one training step that gradcheck and graph look at."""
+    data_arguments(group)
+    group.add_argument("--doc", metavar="TEXT", help="the document of the training step (default: the first "
+                       "document of the shuffled data, training's step 1); it must use the data's characters")
+    group.add_argument("--seed", type=int, default=argparse.SUPPRESS, metavar="N",
+                       help="seed of the shuffle and the initial weights (default: 42)")
+
+
+def engine_arguments(group: argparse._ArgumentGroup, parser: argparse.ArgumentParser,
+                     default: str | None = None) -> None:
+    """--engine, and the engines' own options (--device, --dtype, --compile, --threads)."""
+    from .engines import ENGINES
+
+    group.add_argument("--engine", choices=list(ENGINES), default=default or argparse.SUPPRESS,
+                       help="numpy: fast, float64 (default); scalar: the same numbers, one scalar at a time "
+                       "(the book engine); torch: PyTorch, batches, GPUs, torchrun")
+    torch = parser.add_argument_group("engine options")
+    torch.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=argparse.SUPPRESS,
+                       help="where the torch engine runs (default: auto = cuda, else mps, else cpu)")
+    torch.add_argument("--dtype", choices=("float64", "float32", "bfloat16"), default=argparse.SUPPRESS,
+                       help="the torch engine's precision (default: float64)")
+    torch.add_argument("--compile", action="store_true", default=argparse.SUPPRESS,
+                       help="torch.compile the torch engine's model")
+    torch.add_argument("--threads", type=int, default=argparse.SUPPRESS, metavar="N",
+                       help="CPU threads of the numpy and torch engines (default: 1 for small models, else the "
+                       "library's choice). On a busy machine more threads can be many times slower than one: "
+                       "PyTorch on two threads ran 7-30x slower than on one beside another busy process")
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
@@ -101,16 +144,41 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    previous = _stop_on_signals()
     try:
         return importlib.import_module(args._module).main(args) or 0
     except UserError as e:
         print(f"microgpt: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # `microgpt sample | head` is fine
+        _quiet_stdout()
         return 0
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt) as e:
         print("microgpt: interrupted", file=sys.stderr)
-        return 130
+        return e.exit_code if isinstance(e, Interrupted) else 130
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_on_signals() -> dict:
+    """Every command stops on Ctrl-C and SIGTERM with exit 128 + the signal (130, 143), even where the
+    shell started it with SIGINT ignored (a background job of a script). Returns the previous handlers."""
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+    try:
+        return {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+        return {}
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so Python's exit flush does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

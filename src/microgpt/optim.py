@@ -18,16 +18,17 @@ def learning_rate(step: int, config: Config) -> float:
     """5.7: lr_t for step 0, 1, ...: optional linear warmup, then the chosen decay.
 
     The book's schedule is linear decay from lr to 0: big steps while far from a good
-    solution, small ones to settle into it.
+    solution, small ones to settle into it. With --min-lr the decays end there instead of at 0.
     """
-    lr, warmup = config.learning_rate, config.warmup_steps
+    lr, warmup, floor = config.learning_rate, config.warmup_steps, config.min_lr
     if step < warmup:
         return lr * (step + 1) / warmup
     progress = (step - warmup) / (config.num_steps - warmup)
     if config.lr_schedule == "linear":
-        return lr * (1 - progress)
+        return lr * (1 - progress) if not floor else floor + (lr - floor) * (1 - progress)
     if config.lr_schedule == "cosine":
-        return lr * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr * 0.5 * (1 + math.cos(math.pi * progress)) if not floor else \
+            floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return lr  # constant
 
 

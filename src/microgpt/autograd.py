@@ -5,7 +5,7 @@ A `Value` holds one number (`data`) and the derivative of the final loss with re
 derivative with respect to each; `backward()` walks that record in reverse and applies the
 chain rule. Standard library only.
 
-Exports: `Value`.
+Exports: `Value`, `topological_order`.
 """
 
 from __future__ import annotations
@@ -84,24 +84,32 @@ class Value:
 
         Gradients flow in reverse topological order: a value's grad is complete before it
         is passed on to its operands. Call it once per graph (as training does): the
-        intermediate values' gradients are not reset between calls. The order is a depth-first post-order that visits
-        operands left to right, built with an explicit stack so that graphs of any depth
-        stay clear of Python's recursion limit.
+        intermediate values' gradients are not reset between calls.
         """
-        topo = []
-        visited = {self}
-        stack = [(self, iter(self._children))]
-        while stack:
-            node, children = stack[-1]
-            for child in children:
-                if child not in visited:
-                    visited.add(child)
-                    stack.append((child, iter(child._children)))
-                    break
-            else:
-                stack.pop()
-                topo.append(node)
         self.grad = 1
-        for v in reversed(topo):
-            for child, local_grad in zip(v._children, v._local_grads, strict=False):
+        for v in reversed(topological_order(self)):
+            for child, local_grad in zip(v._children, v._local_grads):
                 child.grad += local_grad * v.grad
+
+
+def topological_order(root: Value) -> list[Value]:
+    """Every Value the graph below `root` holds, each after its operands (a depth-first post-order).
+
+    Operands are visited left to right and each node once, the order that reproduces the
+    original program's gradients bit for bit (SPEC 9). An explicit stack instead of recursion
+    keeps graphs of any depth clear of Python's recursion limit.
+    """
+    order = []
+    visited = {root}
+    stack = [(root, iter(root._children))]
+    while stack:
+        node, children = stack[-1]
+        for child in children:
+            if child not in visited:
+                visited.add(child)
+                stack.append((child, iter(child._children)))
+                break
+        else:
+            stack.pop()
+            order.append(node)
+    return order

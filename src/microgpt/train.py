@@ -5,7 +5,7 @@ over it (5.3), scores the predictions with cross-entropy (5.4), backpropagates (
 (5.6) move every parameter by the decayed learning rate (5.7), and zeroes the gradients (5.8).
 The engine does the arithmetic; this loop is the same for all of them. Standard library only.
 
-Exports: `train`, `batch_docs`, `TrainingDiverged`.
+Exports: `train`, `mean_loss`, `TrainingDiverged`, `StepCallback`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import math
 from collections.abc import Callable
 
 from .config import Config
+from .data import Dataset
 from .engines.base import Engine
 from .optim import learning_rate
-from .tokenizer import Tokenizer
 
 # Called after every step with (step, loss, lr_t); returning True stops the loop there.
 StepCallback = Callable[[int, float, float], bool]
@@ -30,28 +30,17 @@ class TrainingDiverged(RuntimeError):
         self.step, self.reason = step, reason
 
 
-def batch_docs(docs: list[str], step: int, batch_size: int) -> list[str]:
-    """5.1: step s takes the next batch_size documents, cycling through the dataset.
-
-    With batch_size 1 this is the book's docs[step % len(docs)].
-    """
-    return [docs[(step * batch_size + b) % len(docs)] for b in range(batch_size)]
-
-
-def train(engine: Engine, docs: list[str], tokenizer: Tokenizer, config: Config, start_step: int = 0,
-          on_step: StepCallback | None = None, rank: int = 0, world_size: int = 1) -> int:
+def train(engine: Engine, data: Dataset, config: Config, start_step: int = 0,
+          on_step: StepCallback | None = None) -> int:
     """Run steps start_step .. num_steps-1; returns the number of steps completed.
 
-    In a run of several processes each takes its own slice of the step's documents; the
+    In a run of several processes each takes its own slice of the step's examples; the
     engine averages the gradients across them.
     """
     for step in range(start_step, config.num_steps):
-        # 5.1: one step, one document (or one batch of them).
-        step_docs = batch_docs(docs, step, config.batch_size)
-        step_docs = step_docs[rank * len(step_docs) // world_size:(rank + 1) * len(step_docs) // world_size]
-
-        # 5.2: [BOS] + characters + [BOS]; position p predicts token p+1 (at most block_size of them).
-        batch = [tokenizer.example(doc) for doc in step_docs]
+        # 5.1 and 5.2: the step's document (or batch of them), each as [BOS] + characters + [BOS],
+        # where position p predicts token p+1 (at most block_size of them). Text mode: windows.
+        batch = data.examples(step, engine.rank, engine.world_size)
 
         if config.zero_grad_before:
             engine.zero_grad()  # 5.8, the other convention: zero first, same effect
@@ -63,6 +52,10 @@ def train(engine: Engine, docs: list[str], tokenizer: Tokenizer, config: Config,
 
         # 5.5: backpropagation fills every parameter's .grad.
         engine.backward()
+        if config.grad_clip:  # not in the book: cap the gradients' global norm
+            norm = engine.grad_norm()
+            if norm > config.grad_clip:
+                engine.scale_grad(config.grad_clip / (norm + 1e-6))
 
         # 5.7: the learning rate for this step, decaying linearly to 0.
         lr_t = learning_rate(step, config)
@@ -77,3 +70,13 @@ def train(engine: Engine, docs: list[str], tokenizer: Tokenizer, config: Config,
         if on_step is not None and on_step(step, loss, lr_t):
             return step + 1
     return config.num_steps
+
+
+def mean_loss(engine: Engine, examples: list[list[int]]) -> float:
+    """Chapter 7's evaluation: the mean cross-entropy per predicted token over `examples`, as training counts them."""
+    total, count = 0.0, 0
+    for tokens in examples:
+        n = min(engine.config.block_size, len(tokens) - 1)
+        total += engine.evaluate(tokens) * n
+        count += n
+    return total / count if count else math.nan

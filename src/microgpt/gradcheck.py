@@ -17,14 +17,12 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from .cli import add_config_arguments, config_from_args
-from .data import default_dataset, load_docs, shuffled
+from .cli import add_config_arguments, config_from_args, step_arguments
+from .data import prepare
 from .engines import ENGINES, create_engine
 from .engines.base import Engine
 from .errors import UserError
-from .tokenizer import Tokenizer
 
 # A loss in float64 is known to about EPS * |L|, so a finite difference carries rounding noise
 # of about EPS * |L| / h: gradients that small cannot be compared by their ratio. (Measured on
@@ -48,10 +46,7 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
     group.add_argument("--engine", choices=list(ENGINES), default="numpy",
                        help="the engine whose backward() is checked (default: numpy; scalar is the book's "
                        "Value engine, slower)")
-    group.add_argument("--data", metavar="FILE", help="text, one document per line (default: names.txt, "
-                       "downloaded and cached on first use); it fixes the vocabulary")
-    group.add_argument("--doc", metavar="TEXT", help="the document whose loss is differentiated "
-                       "(default: the first document of the shuffled data, training's step 1)")
+    step_arguments(group)
     group.add_argument("--h", type=float, default=1e-6, metavar="X",
                        help="the step of the finite difference (default: 1e-6)")
     group.add_argument("--tolerance", type=float, default=1e-5, metavar="X",
@@ -61,8 +56,6 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
                        help="check every weight of models this size or smaller, else a random sample of N "
                        f"spread over all matrices (default: {DEFAULT_MAX_PARAMS}; scalar engine: "
                        f"{DEFAULT_MAX_PARAMS_SCALAR})")
-    group.add_argument("--seed", type=int, default=argparse.SUPPRESS, metavar="N",
-                       help="seed of the shuffle, the initial weights and the sample (default: 42)")
     group.add_argument("--device", choices=("cpu", "cuda"),
                        help="where the torch engine runs (default: cpu); it always computes in float64 here")
     add_config_arguments(parser, groups=("model",))
@@ -158,14 +151,11 @@ def main(args: argparse.Namespace) -> int:
         max_params = DEFAULT_MAX_PARAMS_SCALAR if args.engine == "scalar" else DEFAULT_MAX_PARAMS
 
     # The same start as training: shuffle with the one generator, then initialise from it.
-    docs = load_docs(Path(args.data) if args.data else default_dataset())
-    rng = random.Random(config.seed)
-    docs = shuffled(docs, rng)
-    tokenizer = Tokenizer.from_docs(docs)
-    doc = docs[0] if args.doc is None else args.doc
-    tokens = tokenizer.example(doc)
+    data, rng = prepare(config, args.data, sha256=args.sha256)
+    doc = data.docs[0] if args.doc is None else args.doc
+    tokens = data.tokenizer.example(doc)
     options = {"device": args.device or "cpu", "dtype": "float64"} if args.engine == "torch" else {}
-    engine = create_engine(args.engine, config, tokenizer.vocab_size, rng, **options)
+    engine = create_engine(args.engine, config, data.tokenizer.vocab_size, rng, **options)
     try:
         n_matrices = len(engine.state_dict())
         if max_params < n_matrices:

@@ -37,6 +37,7 @@ import contextlib
 import gc
 import os
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -45,12 +46,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
+from ..data import derived_rng
 from ..errors import UserError
-from .base import Engine, param_shapes
+from .base import Engine, initial_values
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 SMALL_N_EMBD = 64  # below this width a CPU engine runs single-threaded (unless OMP_NUM_THREADS is set)
 IGNORE = -100  # the target of a padded position: cross_entropy gives it zero loss and zero gradient
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """An integer seed for a torch generator of its own, derived from --seed."""
+    return derived_rng(seed, purpose).getrandbits(63)
 
 
 def rmsnorm(x: torch.Tensor) -> torch.Tensor:
@@ -62,62 +69,97 @@ def rmsnorm(x: torch.Tensor) -> torch.Tensor:
 class Block(nn.Module):
     """One transformer layer: causal multi-head attention, then the ReLU MLP, each with a residual."""
 
-    def __init__(self, n_head: int, weights: dict[str, torch.Tensor]) -> None:
+    def __init__(self, n_head: int, weights: dict[str, torch.Tensor], dropout: Dropout) -> None:
         super().__init__()
         self.n_head = n_head
+        self.drop = dropout
         for name in ("attn_wq", "attn_wk", "attn_wv", "attn_wo", "mlp_fc1", "mlp_fc2"):
             setattr(self, name, nn.Parameter(weights[name]))
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, cache: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), the book's layer in its order (branch + residual)."""
+        x = self.attn(rmsnorm(x), cache) + x
+        x = self.mlp(rmsnorm(x)) + x
+        return x
+
+    def attn(self, x: torch.Tensor, cache: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hd), causal) v per head, then Wo; position t sees positions 0..t.
+
+        With `cache` = [keys, values] (sampling, one new position) the earlier positions' keys and
+        values come from it and this position's are appended.
+        """
         B, T, C = x.shape
-        x = rmsnorm(x)
         # Each (B, H, T, hd): the heads become a batch axis.
-        return tuple(F.linear(x, w).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-                     for w in (self.attn_wq, self.attn_wk, self.attn_wv))
+        q, k, v = (F.linear(x, w).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for w in (self.attn_wq, self.attn_wk, self.attn_wv))
+        if cache is not None:
+            if cache[0] is not None:
+                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)  # (1, H, t, hd)
+            cache[0], cache[1] = k, v
+            y = F.scaled_dot_product_attention(q, k, v)  # one query over every cached position: nothing to mask
+        elif self.drop.active:
+            y = self.drop.attention(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.drop(F.linear(y.transpose(1, 2).reshape(B, T, C), self.attn_wo))  # (B, T, C)
 
-    def _finish(self, y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        B, H, T, hd = y.shape
-        x = F.linear(y.transpose(1, 2).reshape(B, T, H * hd), self.attn_wo) + r  # (B, T, C)
-        h = F.relu(F.linear(rmsnorm(x), self.mlp_fc1))  # (B, T, 4C)
-        return F.linear(h, self.mlp_fc2) + x  # (B, T, C)
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """fc2(relu(fc1(x))), one position at a time."""
+        return self.drop(F.linear(F.relu(F.linear(x, self.mlp_fc1)), self.mlp_fc2))  # (B, T, C)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C); position t attends to positions 0..t of its own document."""
-        q, k, v = self._qkv(x)
-        # softmax(q k^T / sqrt(hd)) v with the causal mask, as the book's cache does position by position.
-        return self._finish(F.scaled_dot_product_attention(q, k, v, is_causal=True), x)
 
-    def step(self, x: torch.Tensor, cache: list[torch.Tensor | None]) -> torch.Tensor:
-        """(1, 1, C) at the next position -> (1, 1, C); appends its key and value to `cache` = [k, v]."""
-        q, k, v = self._qkv(x)
-        if cache[0] is not None:
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)  # (1, H, t, hd)
-        cache[0], cache[1] = k, v
-        # One query over every cached position: nothing to mask.
-        return self._finish(F.scaled_dot_product_attention(q, k, v), x)
+class Dropout:
+    """Dropout drawn from a generator of its own (seeded from --seed), so the book's random stream and
+    PyTorch's global one are untouched; active only while training with p > 0."""
+
+    def __init__(self, p: float, seed: int, device: torch.device) -> None:
+        self.p = p
+        self.training = True
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    @property
+    def active(self) -> bool:
+        return self.p > 0 and self.training
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p
+        return x * keep * (1 / (1 - self.p))
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention with dropout on the attention weights, as nanoGPT's attn_dropout."""
+        T = q.shape[-2]
+        scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, T, T)
+        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        return self(torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)) @ v
 
 
 class GPT(nn.Module):
     """The book's GPT (SPEC section 5) over a padded batch; parameters named as the book's state dict."""
 
-    def __init__(self, config: Config, weights: dict[str, torch.Tensor]) -> None:
+    def __init__(self, config: Config, weights: dict[str, torch.Tensor], dropout: Dropout) -> None:
         super().__init__()
+        self.drop = dropout
         self.wte = nn.Parameter(weights["wte"])  # (vocab_size, C) token embeddings
         self.wpe = nn.Parameter(weights["wpe"])  # (block_size, C) position embeddings
         self.lm_head = nn.Parameter(weights["lm_head"])  # (vocab_size, C)
         self.layers: list[Block] = []
         for i in range(config.n_layer):
             prefix = f"layer{i}."
-            block = Block(config.n_head, {k[len(prefix):]: w for k, w in weights.items() if k.startswith(prefix)})
+            block = Block(config.n_head, {k[len(prefix):]: w for k, w in weights.items() if k.startswith(prefix)},
+                          dropout)
             self.add_module(f"layer{i}", block)  # registered as layer{i}, so its weights are layer{i}.attn_wq, ...
             self.layers.append(block)
 
-    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, vocab_size) logits of the next token at every position."""
+    def logits(self, inputs: torch.Tensor, start: int = 0,
+               cache: list[list[torch.Tensor | None]] | None = None) -> torch.Tensor:
+        """(B, T) token ids at positions start.. -> (B, T, vocab_size) logits of the next token at each."""
         T = inputs.shape[1]
-        x = rmsnorm(self.wte[inputs] + self.wpe[:T])  # (B, T, C)
-        for block in self.layers:
-            x = block(x)
+        x = self.drop(rmsnorm(self.wte[inputs] + self.wpe[start:start + T]))  # (B, T, C)
+        for i, block in enumerate(self.layers):
+            x = block(x, cache[i] if cache is not None else None)
         return F.linear(x, self.lm_head)  # (B, T, V)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, inv_n: torch.Tensor) -> torch.Tensor:
@@ -131,13 +173,6 @@ class GPT(nn.Module):
                                  reduction="none").view(B, T)  # 0 at padded positions
         per_doc = losses.sum(1) * inv_n  # (B,) each document's mean loss
         return per_doc[0] if B == 1 else per_doc.sum() * (1 / B)
-
-    def next_logits(self, token_id: torch.Tensor, pos_id: int, cache: list[list[torch.Tensor | None]]) -> torch.Tensor:
-        """The book's gpt(): one (1, 1) token at position pos_id -> (vocab_size,) logits; extends `cache`."""
-        x = rmsnorm(self.wte[token_id] + self.wpe[pos_id])  # (1, 1, C)
-        for block, layer_cache in zip(self.layers, cache, strict=True):
-            x = block.step(x, layer_cache)
-        return F.linear(x, self.lm_head).view(-1)  # (V,)
 
 
 def pad_batch(batch: list[list[int]], block_size: int, pad_id: int = 0) -> tuple[list, list, list]:
@@ -192,7 +227,7 @@ class TorchEngine(Engine):
     name = "torch"
 
     def __init__(self, config: Config, vocab_size: int, rng: random.Random, device: str = "auto",
-                 dtype: str = "float64", compile: bool = False) -> None:
+                 dtype: str = "float64", compile: bool = False, threads: int = 0) -> None:
         super().__init__(config, vocab_size, rng)
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype {dtype!r}: pass --dtype {', '.join(DTYPES)}")
@@ -202,7 +237,9 @@ class TorchEngine(Engine):
             raise UserError(f"--batch-size {config.batch_size} does not split evenly over {world_size} processes: "
                             f"pick a multiple of {world_size} ({', '.join(map(str, fits))}, ...)")
         self.device = resolve_device(device, dtype, int(os.environ.get("LOCAL_RANK", "0")))
-        if self.device.type == "cpu" and config.n_embd < SMALL_N_EMBD and "OMP_NUM_THREADS" not in os.environ:
+        if threads:
+            torch.set_num_threads(threads)
+        elif self.device.type == "cpu" and config.n_embd < SMALL_N_EMBD and "OMP_NUM_THREADS" not in os.environ:
             # Each operation on a 16-wide matrix takes microseconds; handing it to a thread pool
             # costs more than that (tens of times more on a busy machine), so stay on one thread.
             torch.set_num_threads(1)
@@ -212,20 +249,19 @@ class TorchEngine(Engine):
         self._autocast = dtype == "bfloat16"
         self.pad_id = 0  # the token padded positions carry; any id gives the same result
 
-        # One gauss per parameter, matrix by matrix, row by row: the book's order, so every
-        # engine starts from the very same weights.
-        self.shapes = param_shapes(config, vocab_size)
-        total = sum(r * c for r, c in self.shapes.values())
-        values = torch.tensor([rng.gauss(0, config.init_std) for _ in range(total)], dtype=torch.float64)
+        # The four flat arrays; every parameter and its gradient is a view into them.
+        values = torch.tensor(initial_values(config, vocab_size, rng), dtype=torch.float64)
         self.flat = values.to(self.device, store)
         self.flat_grad = torch.zeros_like(self.flat)
         self.m = torch.zeros_like(self.flat)  # Adam's first moment
         self.v = torch.zeros_like(self.flat)  # Adam's second moment
-        self.model = GPT(config, self._views(self.flat))
+        self._last_update = torch.zeros_like(self.flat)
+        self.dropout = Dropout(config.dropout, derived_seed(config.seed, "dropout"), self.device)
+        self.model = GPT(config, self.layout.views(self.flat), self.dropout)
         self._params = list(self.model.parameters())
         # Gradients are views into flat_grad: backward accumulates into them in place, and
         # zero_grad keeps them, so they always exist.
-        self._grads = list(self._views(self.flat_grad).values())
+        self._grads = list(self.layout.views(self.flat_grad).values())
         for p, g in zip(self._params, self._grads, strict=True):
             p.grad = g
         self._loss: torch.Tensor | None = None
@@ -241,14 +277,6 @@ class TorchEngine(Engine):
             self._compiled = True
 
     # Setup.
-
-    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """name -> (n_out, n_in) view into `flat`, in the book's order."""
-        views, offset = {}, 0
-        for name, (r, c) in self.shapes.items():
-            views[name] = flat[offset:offset + r * c].view(r, c)
-            offset += r * c
-        return views
 
     def _init_distributed(self) -> None:
         import torch.distributed as dist
@@ -289,6 +317,7 @@ class TorchEngine(Engine):
 
     def forward(self, batch: list[list[int]]) -> float:
         inputs, targets, inv_n = self._tensors(batch)
+        self.dropout.training = True
         with self._precision():
             if self._compiled:
                 loss = self._compiled_call(inputs, targets, inv_n)
@@ -319,12 +348,15 @@ class TorchEngine(Engine):
                 p.grad = g
 
     @torch.no_grad()
-    def step(self, lr_t: float, step: int) -> None:
+    def _update(self, lr_t: float, step: int) -> None:
         # The operations of microgpt.optim.Adam, element-wise on the flat tensors, in its order
         # (separate multiply and add: an `alpha=` argument may fuse them and round differently).
         c, p, g = self.config, self.flat, self.flat_grad
+        if c.weight_decay:  # decoupled (AdamW): shrink every weight before the update
+            p.sub_(p * (lr_t * c.weight_decay))
         if c.optimizer == "sgd":
-            p.sub_(g * lr_t)
+            self._last_update = g * lr_t
+            p.sub_(self._last_update)
             return
         b1, b2 = c.beta1, c.beta2
         self.m.mul_(b1).add_(g * (1 - b1))  # m = b1 * m + (1 - b1) * g
@@ -335,15 +367,28 @@ class TorchEngine(Engine):
         else:
             m_hat, v_hat = self.m, self.v
         # sqrt where the book writes ** 0.5: both are correctly rounded, so the same number.
-        p.sub_((m_hat * lr_t).div_(v_hat.sqrt().add_(c.eps_adam)))
+        self._last_update = (m_hat * lr_t).div_(v_hat.sqrt().add_(c.eps_adam))
+        p.sub_(self._last_update)
 
     def zero_grad(self) -> None:
         self.flat_grad.zero_()
+
+    def grad_norm(self) -> float:
+        return self.flat_grad.double().norm().item()
+
+    @torch.no_grad()
+    def scale_grad(self, factor: float) -> None:
+        self.flat_grad.mul_(factor)
+
+    def _sum_squares(self, kind: str) -> list[float]:
+        flat = {"params": self.flat, "grad": self.flat_grad, "update": self._last_update}[kind].double()
+        return torch.stack([view.square().sum() for view in self.layout.views(flat).values()]).tolist()
 
     # Evaluation and sampling.
 
     @torch.no_grad()
     def evaluate(self, tokens: list[int]) -> float:
+        self.dropout.training = False
         with self._precision():
             return self.model(*self._tensors([tokens])).item()
 
@@ -352,38 +397,39 @@ class TorchEngine(Engine):
 
     @torch.no_grad()
     def next_logits(self, token_id: int, pos_id: int, cache: Any) -> list[float]:
+        self.dropout.training = False
         token = torch.tensor([[token_id]], device=self.device)
         with self._precision():
-            return self.model.next_logits(token, pos_id, cache).tolist()
+            return self.model.logits(token, pos_id, cache).view(-1).tolist()
 
-    # State: plain name -> (n_out, n_in) float64 numpy arrays on the CPU.
+    @torch.no_grad()
+    def window_logits(self, tokens: list[int]) -> list[float]:
+        self.dropout.training = False
+        with self._precision():
+            return self.model.logits(torch.tensor([tokens], device=self.device))[0, -1].tolist()
 
-    def _split(self, flat: torch.Tensor) -> dict[str, np.ndarray]:
-        host = flat.detach().to("cpu", torch.float64, copy=True).numpy()  # a copy: later steps do not change it
-        return {name: view.numpy() for name, view in self._views(torch.from_numpy(host)).items()}
+    # The four flat arrays, crossing the seam as float64 numpy arrays on the CPU.
 
-    def _join(self, source: dict[str, Any], into: torch.Tensor) -> None:
-        parts = []
-        for name, shape in self.shapes.items():
-            arr = np.asarray(source[name], dtype=np.float64)
-            if arr.shape != shape:
-                raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
-            parts.append(arr.reshape(-1))
+    def _flat(self, kind: str) -> torch.Tensor:
+        return {"params": self.flat, "grad": self.flat_grad, "m": self.m, "v": self.v}[kind]
+
+    def _export(self, kind: str) -> dict[str, np.ndarray]:
+        # A copy: later steps do not change it.
+        host = self._flat(kind).detach().to("cpu", torch.float64, copy=True).numpy()
+        return self.layout.views(host)
+
+    def _import(self, kind: str, matrices: Mapping[str, Any]) -> None:
+        flat = np.concatenate([np.asarray(matrices[name], dtype=np.float64).reshape(-1) for name in self.shapes])
         with torch.no_grad():
-            into.copy_(torch.from_numpy(np.concatenate(parts)))
+            self._flat(kind).copy_(torch.from_numpy(flat))
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return self._split(self.flat)
+    def extra_state(self) -> dict[str, Any]:
+        """The dropout generator's state, so an exact resume draws the same masks."""
+        return {"dropout_rng": self.dropout.generator.get_state().tolist()} if self.config.dropout else {}
 
-    def load_state_dict(self, weights: dict[str, Any]) -> None:
-        self._join(weights, self.flat)
-
-    def optimizer_state(self) -> dict[str, dict[str, np.ndarray]]:
-        return {"m": self._split(self.m), "v": self._split(self.v), "grad": self._split(self.flat_grad)}
-
-    def load_optimizer_state(self, state: dict[str, dict[str, Any]]) -> None:
-        for key, into in (("m", self.m), ("v", self.v), ("grad", self.flat_grad)):
-            self._join(state[key], into)
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        if self.config.dropout and "dropout_rng" in state:
+            self.dropout.generator.set_state(torch.tensor(state["dropout_rng"], dtype=torch.uint8))
 
     # Several processes.
 
@@ -407,7 +453,7 @@ class TorchEngine(Engine):
         import torch.distributed as dist
 
         del self._ddp, self._module, self.model, self._params, self._grads, self._loss
-        del self.flat, self.flat_grad, self.m, self.v
+        del self.flat, self.flat_grad, self.m, self.v, self._last_update
         self._ddp = None
         gc.collect()
         if self._owns_group and dist.is_initialized():

@@ -42,7 +42,7 @@ def init_params(config: Config, vocab_size: int, rng: random.Random) -> dict[str
 
 def linear(x: list[Value], w: Matrix) -> list[Value]:
     """y[i] = sum_j w[i][j] * x[j]: one dot product per output row (no bias)."""
-    return [sum(wi * xi for wi, xi in zip(wo, x, strict=False)) for wo in w]
+    return [sum(wi * xi for wi, xi in zip(wo, x)) for wo in w]
 
 
 def softmax(logits: list[Value]) -> list[Value]:
@@ -66,7 +66,7 @@ def gpt(token_id: int, pos_id: int, keys: list[list], values: list[list],
     n_head, head_dim = config.n_head, config.head_dim
     tok_emb = state_dict["wte"][token_id]
     pos_emb = state_dict["wpe"][pos_id]
-    x = [t + p for t, p in zip(tok_emb, pos_emb, strict=False)]
+    x = [t + p for t, p in zip(tok_emb, pos_emb)]
     x = rmsnorm(x)
 
     for li in range(config.n_layer):
@@ -90,7 +90,7 @@ def gpt(token_id: int, pos_id: int, keys: list[list], values: list[list],
             head_out = [sum(attn_weights[t] * v_h[t][j] for t in range(len(v_h))) for j in range(head_dim)]
             x_attn.extend(head_out)
         x = linear(x_attn, state_dict[f"layer{li}.attn_wo"])
-        x = [a + b for a, b in zip(x, x_residual, strict=False)]
+        x = [a + b for a, b in zip(x, x_residual)]
 
         # 2) MLP: think about what attention gathered, one position at a time.
         x_residual = x
@@ -98,7 +98,7 @@ def gpt(token_id: int, pos_id: int, keys: list[list], values: list[list],
         x = linear(x, state_dict[f"layer{li}.mlp_fc1"])
         x = [xi.relu() for xi in x]
         x = linear(x, state_dict[f"layer{li}.mlp_fc2"])
-        x = [a + b for a, b in zip(x, x_residual, strict=False)]
+        x = [a + b for a, b in zip(x, x_residual)]
 
     logits = linear(x, state_dict["lm_head"])
     return logits

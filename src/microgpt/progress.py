@@ -11,16 +11,19 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import TextIO
 
 
 class Progress:
     def __init__(self, num_steps: int, start_step: int = 0, stream: TextIO | None = None,
-                 live: bool | None = None, window: int = 100, every: int | None = None) -> None:
+                 live: bool | None = None, window: int = 100, every: int | None = None,
+                 history: Iterable[float] = ()) -> None:
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live
         self.num_steps, self.start_step = num_steps, start_step
-        self.recent: deque[float] = deque(maxlen=window)
+        # A resumed run's running mean goes on from the losses already logged.
+        self.recent: deque[float] = deque(history, maxlen=window)
         self.every = every or max(1, num_steps // 20)  # plain output: about 20 lines per run
         self.started = time.perf_counter()
         self._last_draw = 0.0

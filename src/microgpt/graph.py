@@ -21,13 +21,12 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-from .autograd import Value
-from .cli import add_config_arguments, config_from_args
+from .autograd import Value, topological_order
+from .cli import add_config_arguments, config_from_args, step_arguments
 from .config import Config
-from .data import default_dataset, load_docs, shuffled, write_atomic
+from .data import prepare, write_atomic
 from .errors import UserError
 from .model import document_loss, init_params
-from .tokenizer import Tokenizer
 
 # Above this many nodes Graphviz takes minutes and the drawing is unreadable anyway.
 RENDER_LIMIT = 3000
@@ -56,40 +55,13 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         "its size: nodes by operation, parameters reached, depth, and how it grows with positions and\n"
         "layers. -o writes it as DOT, or draws it with Graphviz (small graphs only).")
     group = parser.add_argument_group("graph")
-    group.add_argument("--data", metavar="FILE", help="text, one document per line (default: names.txt, "
-                       "downloaded and cached on first use); it fixes the vocabulary")
-    group.add_argument("--doc", metavar="TEXT", help="the document of the training step "
-                       "(default: the first document of the shuffled data, training's step 1)")
+    step_arguments(group)
     group.add_argument("-o", "--output", metavar="FILE", help="write the graph: FILE.dot (any size), or "
                        f"FILE.svg / FILE.png drawn by Graphviz's dot (up to {RENDER_LIMIT:,} nodes)")
-    group.add_argument("--seed", type=int, default=argparse.SUPPRESS, metavar="N",
-                       help="seed of the shuffle and the initial weights (default: 42)")
     add_config_arguments(parser, groups=("model",))
 
 
 # --- walking the graph ------------------------------------------------------------------------
-
-
-def topological_order(root: Value) -> list[Value]:
-    """Every node reachable from `root`, each after its operands (a depth-first post-order).
-
-    The order backward() uses; an explicit stack instead of recursion, because a few layers and
-    positions more than the default make the graph deeper than Python's recursion limit.
-    """
-    order: list[Value] = []
-    visited = {id(root)}
-    stack = [(root, iter(root._children))]
-    while stack:
-        node, children = stack[-1]
-        for child in children:
-            if id(child) not in visited:
-                visited.add(id(child))
-                stack.append((child, iter(child._children)))
-                break
-        else:
-            stack.pop()
-            order.append(node)
-    return order
 
 
 def count_nodes(root: Value) -> int:
@@ -238,10 +210,9 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(NO_DOT)
 
     # The same start as training: shuffle with the one generator, then initialise from it.
-    rng = random.Random(config.seed)
-    docs = shuffled(load_docs(Path(args.data) if args.data else default_dataset()), rng)
-    tokenizer = Tokenizer.from_docs(docs)
-    doc = docs[0] if args.doc is None else args.doc
+    data, rng = prepare(config, args.data, sha256=args.sha256)
+    tokenizer = data.tokenizer
+    doc = data.docs[0] if args.doc is None else args.doc
     tokens = tokenizer.example(doc)
     params = init_params(config, tokenizer.vocab_size, rng)
     loss = document_loss(tokens, params, config)  # 5.3: the forward pass builds the graph...
