@@ -2,12 +2,14 @@
 command line (in this process or as a user would, in a fresh one) and check its one-line errors.
 
 Everything read here is inside the repository: the packaged names dataset, `tests/golden/` (the book
-engine's figures, recorded once) and `tests/fixtures/`.
+engine's figures, recorded once) and `tests/fixtures/`. The engines always come from the registry
+(`microgpt.engines.ENGINES`), never from a list written here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -15,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,10 +25,12 @@ from pathlib import Path
 
 import pytest
 
+import microgpt.run
 from microgpt.cli import main
 from microgpt.config import Config
-from microgpt.data import names_path, prepare
+from microgpt.data import Dataset, names_path, prepare
 from microgpt.engines import ENGINES, create_engine
+from microgpt.engines.base import Engine
 from microgpt.metrics import MetricsWriter
 from microgpt.sample import sample
 from microgpt.train import train
@@ -44,6 +49,13 @@ SPEC_SAMPLES = ["kamon", "ann", "karai", "jaire", "vialan", "karia", "yeran", "a
                 "konna", "keylen", "liole", "alerin", "earan", "lenne", "kana", "lara", "alela", "anton"]
 
 
+# A small model, for the tests where the book engine's one Value per number would otherwise take long.
+SMALL = dict(n_embd=8, n_head=2, block_size=8)
+SMALL_FLAGS = ["--n-embd", "8", "--n-head", "2", "--block-size", "8"]
+NO_TORCH = "PyTorch is not installed (pip install -e \".[torch]\")"
+
+
+@functools.cache
 def has_torch() -> bool:
     try:
         import torch  # noqa: F401
@@ -52,11 +64,21 @@ def has_torch() -> bool:
     return True
 
 
+def engine_marks(name: str) -> list:
+    """The marks a test of engine `name` carries: the torch engine's skip without PyTorch (except under CI)."""
+    if name == "torch":
+        return [pytest.mark.torch, pytest.mark.skipif(not has_torch() and not IN_CI, reason=NO_TORCH)]
+    return []
+
+
 def engine_params(engines=tuple(ENGINES)) -> list:
     """pytest params over the registry; the torch engine carries the `torch` mark and skips without PyTorch."""
-    return [pytest.param(name, marks=[pytest.mark.torch, pytest.mark.skipif(
-        not has_torch() and not IN_CI, reason="PyTorch is not installed (pip install -e \".[torch]\")")])
-        if name == "torch" else name for name in engines]
+    return [pytest.param(name, marks=engine_marks(name), id=name) for name in engines]
+
+
+def requires_torch(test: Callable) -> Callable:
+    """Mark one test of a file that otherwise runs without PyTorch: skipped without it, except under CI."""
+    return pytest.mark.torch(pytest.mark.skipif(not has_torch() and not IN_CI, reason=NO_TORCH)(test))
 
 
 def needs(program: str, why: str):
@@ -106,27 +128,84 @@ def step_records(path: Path) -> list[dict]:
     return [r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r.get("type") == "step"]
 
 
+def trajectory(path: Path) -> list[dict]:
+    """What a run computed at each step, as its metrics file holds it: every step record but its wall-clock time."""
+    return [{k: v for k, v in r.items() if k != "time"} for r in step_records(path)]
+
+
+def run_headers(path: Path) -> list[dict]:
+    """Every run header of a metrics file, as written."""
+    return [r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r.get("type") == "run"]
+
+
 def write_docs(path: Path, docs: list[str]) -> Path:
     path.write_text("\n".join(docs) + "\n", encoding="utf-8")
     return path
 
 
+class LossRecorder:
+    """An `on_step` callback for `microgpt.train.train`: keeps every step's loss and lr_t, and stops
+    the loop after `stop_after` steps (1-based) when given."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.losses: list[float] = []
+        self.lrs: list[float] = []
+        self.stop_after = stop_after
+
+    def __call__(self, step: int, loss: float, lr: float) -> bool:
+        self.losses.append(loss)
+        self.lrs.append(lr)
+        return self.stop_after is not None and step + 1 >= self.stop_after
+
+
+def start_run(engine_name: str, config: Config, data: Path | None = None,
+              **options) -> tuple[Engine, Dataset, random.Random]:
+    """The same start as training: the prepared data, then the engine drawn from the one generator."""
+    config.validate()
+    dataset, rng = prepare(config, data)
+    return create_engine(engine_name, config, dataset.tokenizer.vocab_size, rng, **options), dataset, rng
+
+
 def default_run(engine_name: str, config: Config | None = None, data: Path | None = None, **options) -> dict:
     """Train `engine_name` with `config` (default: the book's) on names.txt; losses, samples, engine."""
     config = (config or Config()).validate()
-    dataset, rng = prepare(config, data)
-    engine = create_engine(engine_name, config, dataset.tokenizer.vocab_size, rng, **options)
-    losses: list[float] = []
-
-    def record(step: int, loss: float, lr: float) -> bool:
-        losses.append(loss)
-        return False
-
-    train(engine, dataset, config, on_step=record)
+    engine, dataset, rng = start_run(engine_name, config, data, **options)
+    recorder = LossRecorder()
+    train(engine, dataset, config, on_step=recorder)
     samples = [sample(engine, dataset.tokenizer, rng, config.temperature, config.top_k)
                for _ in range(config.num_samples)]
-    return {"losses": losses, "samples": samples, "engine": engine, "tokenizer": dataset.tokenizer,
+    return {"losses": recorder.losses, "samples": samples, "engine": engine, "tokenizer": dataset.tokenizer,
             "docs": dataset.docs, "data": dataset}
+
+
+@contextlib.contextmanager
+def interrupt_after(step: int):
+    """Ctrl-C at a known moment: this process gets SIGINT right after training step `step` (1-based) of
+    the next `microgpt train` run in it, and the command's own signal handling takes it from there."""
+    real_train = microgpt.run.train
+
+    def train_then_interrupt(engine, data, config, start_step=0, on_step=None):
+        def hook(s: int, loss: float, lr: float) -> bool:
+            if s + 1 == step:
+                signal.raise_signal(signal.SIGINT)
+            return on_step(s, loss, lr)
+
+        return real_train(engine, data, config, start_step, hook)
+
+    microgpt.run.train = train_then_interrupt
+    try:
+        yield
+    finally:
+        microgpt.run.train = real_train
+
+
+def final_state(ck: Path) -> dict:
+    """Every tensor of a checkpoint's state file (weights, Adam's moments, gradients), read with safetensors."""
+    from safetensors.numpy import load_file
+
+    from microgpt.checkpoint import load_checkpoint
+
+    return load_file(ck / load_checkpoint(ck).meta["state_file"])
 
 
 @pytest.fixture(scope="session")

@@ -99,12 +99,32 @@ ENGINE_OPTIONS = s.record({
     "threads": s.integer(0, 4096),
 }, extra=False)
 
+def _count_or(*words: str) -> s.Check:
+    """One of `words`, or a non-negative integer."""
+    number = s.integer(0)
+
+    def check(value: Any, where: str) -> Any:
+        if isinstance(value, str) and value in words:
+            return value
+        try:
+            return number(value, where)
+        except s.SchemaError:
+            raise s.SchemaError(where, f"{', '.join(words)} or a number", value) from None
+    return check
+
+
+RUN_OPTIONS = s.record({
+    "checkpoint_every": s.integer(1), "sample_every": s.integer(0), "keep_snapshots": _count_or("auto", "all", "none"),
+    "stats_every": _count_or("auto", "off"),
+}, extra=False)
+
 CHECKPOINT = s.record({
     "format": s.one_of(FORMAT),
     "version": s.integer(1, FORMAT_VERSION),
     "step": s.integer(0),
     "engine": s.string(20, r"[a-z_]+", "an engine name"),
     "engine_options": ENGINE_OPTIONS,
+    "run_options": RUN_OPTIONS,
     "config": s.record({}),  # checked field by field by Config.validate()
     "vocab": _vocab,
     "data_fingerprint": HEX64,

@@ -4,18 +4,25 @@ Every `Value` operation in the book engine records its operands, so computing on
 loss also builds a graph with the loss at the top and the weights and constants at the leaves;
 `backward()` walks it in reverse. This command builds that graph for one training step and
 reports its size: nodes by operation, the weights it reaches, its depth, and how it grows with
-the number of positions and layers. It can write the graph as Graphviz DOT, or draw it.
+the number of positions and layers.
 
-Exports: `configure`, `main`, `topological_order`, `count_nodes`, `operation_counts`, `depth`,
-`to_dot`, `RENDER_LIMIT`.
+It can also write the graph as Graphviz DOT, or draw it. The default model's step holds tens of
+thousands of Values, far too many to draw one by one, so the drawing goes one level up: one box
+per operation in each part of the model (the Values a weight matrix is the latest matrix behind),
+labelled with how many Values it stands for. `--full` draws every Value, which only a tiny model
+keeps legible. A drawing is refused, never shrunk, when it would exceed `MAX_PIXELS`.
+
+Exports: `configure`, `main`, `build`, `count_nodes`, `operation_counts`, `depth`, `forward_matrices`,
+`attribute`, `group_counts`, `to_grouped_dot`, `to_dot`, `MAX_PIXELS`, `FULL_LIMIT`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import random
-import shlex
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -28,12 +35,19 @@ from .data import prepare, write_atomic
 from .errors import UserError
 from .model import document_loss, init_params
 
-# Above this many nodes Graphviz takes minutes and the drawing is unreadable anyway.
-RENDER_LIMIT = 3000
+# An image's longer side, in pixels (CSS pixels for SVG): more and viewers refuse it or shrink the
+# text past reading. The cap is kept by drawing less, never by scaling a drawing down.
+MAX_PIXELS = 4000
+# Beyond this many Values --full is refused without asking Graphviz, whose layout would take
+# minutes only to come out far over MAX_PIXELS.
+FULL_LIMIT = 1000
+# Graphviz measures in points and rasterises PNGs at 96 dpi, so a point is 4/3 of a pixel.
+PIXELS_PER_POINT = 96 / 72
 FORMATS = (".dot", ".svg", ".png")
 NO_DOT = ("Graphviz's dot program is not installed: apt-get install graphviz (Debian/Ubuntu) or "
           "brew install graphviz, or write -o FILE.dot")
 PARAMETERS, CONSTANTS = "parameters", "constants"
+GROUPED_FIX = "leave out --full to draw one box per operation and part of the model, or write --full -o FILE.dot"
 
 # Where each kind of node comes from in the model, for the table.
 ORIGINS = {
@@ -45,19 +59,32 @@ ORIGINS = {
     "log": "cross-entropy, one per position",
     "relu": "the MLP's hidden units",
     PARAMETERS: "weights (leaves) this document reaches",
-    CONSTANTS: "numbers (leaves): the 0 each sum starts from, 1e-5, -max, 1/n, -1",
+    CONSTANTS: "numbers (leaves): the 0 each sum starts from, 1e-5, -max, 1/n, 1/sqrt(head_dim), -1",
 }
+
+# A word for each operation in the drawing's boxes, beside the operation as `Value._op` spells it.
+WORDS = {"*": "products", "+": "sums", "**-1": "reciprocals", "**-0.5": "1/sqrt", PARAMETERS: "weights",
+         CONSTANTS: "constants"}
+
+# One layer's matrices in the order gpt() first uses them.
+LAYER_MATRICES = ("attn_wq", "attn_wk", "attn_wv", "attn_wo", "mlp_fc1", "mlp_fc2")
+# How finely the drawing splits the model, finest first: a part per weight matrix, or per
+# attention and MLP of each layer (for models whose finer drawing would not fit).
+LEVELS = ("matrix", "sublayer")
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.description = (
         "Build the computation graph of one training step with the book engine (chapter 5.3) and report\n"
         "its size: nodes by operation, parameters reached, depth, and how it grows with positions and\n"
-        "layers. -o writes it as DOT, or draws it with Graphviz (small graphs only).")
+        "layers. -o writes it as DOT, or draws it with Graphviz: one box per operation in each part of\n"
+        "the model, labelled with how many Values it stands for (--full: one box per Value).")
     group = parser.add_argument_group("graph")
     step_arguments(group)
     group.add_argument("-o", "--output", metavar="FILE", help="write the graph: FILE.dot (any size), or "
-                       f"FILE.svg / FILE.png drawn by Graphviz's dot (up to {RENDER_LIMIT:,} nodes)")
+                       f"FILE.svg / FILE.png drawn by Graphviz's dot (at most {MAX_PIXELS:,} pixels a side)")
+    group.add_argument("--full", action="store_true", help="one box per Value instead of per operation and part "
+                       f"of the model: legible for tiny models only (a drawing takes at most {FULL_LIMIT:,} Values)")
     add_config_arguments(parser, groups=("model",))
 
 
@@ -78,13 +105,11 @@ def count_nodes(root: Value) -> int:
 
 def operation_counts(nodes: list[Value], parameter_ids: set[int]) -> Counter:
     """Nodes by operation (`+`, `*`, `**-1`, `exp`, ...); leaves split into parameters and constants."""
-    counts: Counter = Counter()
-    for node in nodes:
-        if node._op:
-            counts[node._op] += 1
-        else:
-            counts[PARAMETERS if id(node) in parameter_ids else CONSTANTS] += 1
-    return counts
+    return Counter(_kind(node, parameter_ids) for node in nodes)
+
+
+def _kind(node: Value, parameter_ids: set[int] | dict[int, int]) -> str:
+    return node._op or (PARAMETERS if id(node) in parameter_ids else CONSTANTS)
 
 
 def depth(order: list[Value]) -> int:
@@ -127,50 +152,168 @@ def growth(config: Config, vocab_size: int, tokens: list[int]) -> tuple[list[int
     return positions, table
 
 
-def suggest(config: Config, vocab_size: int, tokens: list[int]) -> tuple[Config, int] | None:
-    """A smaller model whose graph can be drawn: shrink layers, then positions, then width.
 
-    Returns the first config that fits RENDER_LIMIT (block_size cut to the positions kept) and
-    its node count, or None when even the smallest model does not fit.
+# --- one level up: Values grouped by part of the model and operation ------------------------
+
+
+def forward_matrices(params: dict[str, list]) -> list[str]:
+    """The weight matrices in the order the forward pass first uses them (lm_head last, unlike init)."""
+    n_layer = sum(1 for name in params if name.endswith(".attn_wq"))
+    layers = [f"layer{i}.{m}" for i in range(n_layer) for m in LAYER_MATRICES]
+    return [name for name in ("wte", "wpe", *layers, "lm_head") if name in params]
+
+
+def _part(matrix: str, level: str) -> str:
+    """The part of the drawing a matrix's Values go to: the embeddings, lm_head, or part of a layer."""
+    if matrix in ("wte", "wpe"):
+        return "embeddings"  # wte[token] + wpe[position] is their first use, so wte alone holds only leaves
+    if matrix == "lm_head" or level == "matrix":
+        return matrix
+    layer, name = matrix.split(".")
+    return f"{layer}.{'attention' if name.startswith('attn') else 'mlp'}"
+
+
+def attribute(order: list[Value], params: dict[str, list], level: str = "matrix") -> dict[int, tuple[str, str]]:
+    """Each Value's group, by id: (the part of the model that computed it, its operation).
+
+    A Value's part is the latest matrix, in forward order, among the weights it was computed from:
+    the query products follow attn_wq, the scores q.k and their softmax attn_wk, and so on. A weight
+    belongs to its own matrix, a constant to the part that uses it. One sweep in topological order
+    finds them all, since every node comes after its operands. Operations are `Value._op`, and
+    leaves are split into parameters and constants as in `operation_counts`.
     """
-    c = dataclasses.replace(config, block_size=min(config.block_size, len(tokens) - 1))
-    while True:
-        if c.n_layer > 1:
-            c = dataclasses.replace(c, n_layer=1)
-        elif c.block_size > 2:
-            c = dataclasses.replace(c, block_size=max(2, c.block_size // 2))
-        elif c.n_embd > 4 or (c.n_embd > 1 and c.block_size == 1):
-            n_embd = c.n_embd // 2
-            c = dataclasses.replace(c, n_embd=n_embd, n_head=max(h for h in range(1, c.n_head + 1) if n_embd % h == 0))
-        elif c.block_size > 1:
-            c = dataclasses.replace(c, block_size=1)
-        else:
-            return None
-        count = size_of(c, vocab_size, tokens)
-        if count <= RENDER_LIMIT:
-            return c, count
+    matrices = forward_matrices(params)
+    rank = {id(p): i for i, name in enumerate(matrices) for row in params[name] for p in row}
+    latest: dict[int, int | None] = {}
+    for node in order:
+        if not node._children:
+            latest[id(node)] = rank.get(id(node))  # None for a constant until its user is reached
+            continue
+        here = max((latest[id(c)] for c in node._children if latest[id(c)] is not None), default=0)
+        latest[id(node)] = here
+        for child in node._children:
+            if latest[id(child)] is None:
+                latest[id(child)] = here
+    return {id(node): (_part(matrices[latest[id(node)] or 0], level), _kind(node, rank))
+            for node in order}
 
 
-# --- DOT ----------------------------------------------------------------------------------
+def group_counts(order: list[Value], groups: dict[int, tuple[str, str]]) -> tuple[Counter, Counter]:
+    """(Values per group, operand edges per (operand's group, result's group)), from `attribute`."""
+    nodes = Counter(groups[id(node)] for node in order)
+    edges = Counter((groups[id(child)], groups[id(node)]) for node in order for child in node._children)
+    return nodes, edges
+
+
+def part_title(part: str, n_layer: int) -> list[str]:
+    """What a part computes, in the chapter's terms, as short lines for a frame of the drawing.
+
+    The latest-matrix rule puts each rmsnorm with the part before it, so the titles say so.
+    """
+    if part == "embeddings":
+        return ["embeddings (wte, wpe)", "x = rmsnorm(wte[token] + wpe[position])", "layer 0's rmsnorm"]
+    if part == "lm_head":
+        return ["output (lm_head)", "logits = linear(x, lm_head), softmax", "loss = mean of -log p(target)"]
+    layer, name = part.split(".")
+    i = int(layer.removeprefix("layer"))
+    after = [f"layer {i + 1}'s rmsnorm"] if i + 1 < n_layer else []
+    titles = {
+        "attn_wq": ["attention", "q = linear(x, attn_wq)"],
+        "attn_wk": ["attention", "k = linear(x, attn_wk)", "scores q.k / sqrt(head_dim)", "for every position so far",
+                    "their softmax"],
+        "attn_wv": ["attention", "v = linear(x, attn_wv)", "each head's sum of weight * v"],
+        "attn_wo": ["attention", "x = linear(heads, attn_wo) + residual", "the MLP's rmsnorm"],
+        "mlp_fc1": ["MLP", "h = relu(linear(x, mlp_fc1))"],
+        "mlp_fc2": ["MLP", "x = linear(h, mlp_fc2) + residual", *after],
+        "attention": ["attention", "q, k, v = linear(x, attn_wq / wk / wv)", "softmax(q.k / sqrt(head_dim))",
+                      "for every position so far", "sums of weight * v", "x = linear(heads, attn_wo) + residual",
+                      "the MLP's rmsnorm"],
+        "mlp": ["MLP", "x = linear(relu(linear(x, mlp_fc1)), mlp_fc2)", "    + residual", *after],
+    }
+    heading, *lines = titles[name]
+    where = f" ({name})" if name in LAYER_MATRICES else ""
+    return [f"layer {i} {heading}{where}", *lines]
+
+
+def _quote(text: str) -> str:
+    """Text inside a DOT string: backslashes and quotes escaped, newlines as DOT's centred line breaks."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def to_grouped_dot(nodes: Counter, edges: Counter, parts: list[str], n_layer: int, root: tuple[str, str],
+                   title: str) -> str:
+    """Graphviz DOT one level up: a frame per part, a box per group with its count, an arrow per pair.
+
+    `nodes` and `edges` come from `group_counts`, `parts` is the frames' order, `root` the loss's
+    group. An arrow's width grows with the log of the operands it stands for; operands passed
+    within a group (a running sum adding its next term) would only loop back, so they are counted
+    in the header comment but not drawn.
+    """
+    names = {group: f"g{i}" for i, group in enumerate(sorted(nodes, key=lambda g: (parts.index(g[0]), g[1])))}
+    inner = sum(count for (a, b), count in edges.items() if a == b)
+    lines = [f"// one training step of microgpt: {sum(nodes.values())} Values in {len(nodes)} groups, "
+             f"{sum(edges.values())} operand edges ({inner} of them within a group, not drawn)",
+             "digraph microgpt {",
+             "  rankdir=TB; ranksep=0.3; nodesep=0.25; newrank=true;",
+             f'  labelloc=t; fontname="Helvetica"; fontsize=16; label="{_quote(title)}";',
+             '  node [fontname="Helvetica", fontsize=12, shape=box, style="rounded,filled", fillcolor=white];',
+             '  edge [fontname="Helvetica", fontsize=10, color="#555555"];']
+    for i, part in enumerate(parts):
+        members = [group for group in names if group[0] == part]
+        if not members:
+            continue
+        # \\l ends a left-justified line in DOT: the title reads like a short list.
+        heading = "".join(_quote(line) + "\\l" for line in part_title(part, n_layer))
+        lines.append(f'  subgraph cluster_{i} {{ label="{heading}"; labeljust=l; '
+                     'fontsize=13; style=filled; fillcolor="#f2f2f2"; color="#b0b0b0";')
+        for group in members:
+            _, kind = group
+            word = WORDS.get(kind, "")
+            name = word if kind in (PARAMETERS, CONSTANTS) else f"{kind} {word}".strip()
+            label = f"{name}\\n{nodes[group]:,}"
+            if kind == PARAMETERS:
+                attrs = 'style=filled, fillcolor=lightblue'
+            elif kind == CONSTANTS:
+                attrs = 'style=dashed'
+            else:
+                attrs = ""
+            if group == root:
+                label += "\\nthe loss among them"
+                attrs = "fillcolor=gold"
+            lines.append(f'    {names[group]} [label="{label}"{", " + attrs if attrs else ""}];')
+        lines.append("  }")
+    for (a, b), count in edges.items():
+        if a != b:
+            lines.append(f'  {names[a]} -> {names[b]} [label="{count:,}", penwidth={0.6 + math.log10(count):.2f}];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# --- every Value ----------------------------------------------------------------------------
 
 
 def to_dot(order: list[Value], names: dict[int, str]) -> str:
-    """Graphviz DOT: one node per Value (its operation or name, data and grad), an edge per operand."""
+    """Graphviz DOT: one node per Value (its operation or name, data and grad), an edge per operand.
+
+    Top to bottom with small gaps: the graph is deeper than it is wide, and a box is lower than
+    it is wide, so this is the most Values a legible picture holds.
+    """
     index = {id(node): i for i, node in enumerate(order)}
     edges = sum(len(node._children) for node in order)
     lines = [f"// one training step of microgpt: {len(order)} nodes, {edges} edges (operand -> result)",
-             "digraph microgpt {", "  rankdir=LR;", '  node [fontname="Helvetica", fontsize=10];']
+             "digraph microgpt {", "  rankdir=TB; ranksep=0.2; nodesep=0.1;",
+             '  node [fontname="Helvetica", fontsize=10, shape=box, margin="0.04,0.02", height=0.3];']
     root = order[-1]
     for i, node in enumerate(order):
         numbers = f"data {node.data:.4g}\\ngrad {node.grad:.4g}"
         if node is root:
-            attrs = f'label="loss ({node._op})\\n{numbers}", shape=box, style=filled, fillcolor=gold'
+            attrs = f'label="loss ({node._op})\\n{numbers}", style=filled, fillcolor=gold'
         elif node._op:
-            attrs = f'label="{node._op}\\n{numbers}", shape=ellipse'
+            attrs = f'label="{node._op}\\n{numbers}", style=rounded'
         elif id(node) in names:
-            attrs = f'label="{names[id(node)]}\\n{numbers}", shape=box, style=filled, fillcolor=lightblue'
+            attrs = f'label="{names[id(node)]}\\n{numbers}", style=filled, fillcolor=lightblue'
         else:
-            attrs = f'label="const\\n{numbers}", shape=box, style=dashed'
+            attrs = f'label="const\\n{numbers}", style=dashed'
         lines.append(f"  n{i} [{attrs}];")
     for i, node in enumerate(order):
         for child in node._children:
@@ -179,25 +322,72 @@ def to_dot(order: list[Value], names: dict[int, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, dot: str) -> None:
-    """DOT as is, or drawn by Graphviz; either way the file appears whole or not at all."""
-    if path.suffix.lower() == ".dot":
-        write_atomic(path, dot.encode("utf-8"))
-        return
-    result = subprocess.run(["dot", f"-T{path.suffix.lower()[1:]}"], input=dot.encode("utf-8"),
-                            capture_output=True, check=False)
+# --- drawing ------------------------------------------------------------------------------
+
+_UNITS = {"": 1.0, "px": 1.0, "pt": PIXELS_PER_POINT, "in": 96.0}
+
+
+def _image_size(image: bytes, fmt: str) -> tuple[int, int]:
+    """(width, height) in pixels: a PNG's IHDR, or an SVG's width and height attributes."""
+    if fmt == "png":
+        if image[:8] != b"\x89PNG\r\n\x1a\n" or image[12:16] != b"IHDR":
+            raise UserError("Graphviz's dot wrote something that is not a PNG: write -o FILE.dot instead")
+        return int.from_bytes(image[16:20], "big"), int.from_bytes(image[20:24], "big")
+    head = image[:4000].decode("utf-8", "replace")
+    found = re.search(r'<svg\b[^>]*?\bwidth="([\d.]+)(\w*)"[^>]*?\bheight="([\d.]+)(\w*)"', head, flags=re.S)
+    if not found or found.group(2) not in _UNITS or found.group(4) not in _UNITS:
+        raise UserError("Graphviz's dot wrote an SVG without a width and height in pt or px: write -o FILE.dot "
+                        "instead")
+    return (math.ceil(float(found.group(1)) * _UNITS[found.group(2)]),
+            math.ceil(float(found.group(3)) * _UNITS[found.group(4)]))
+
+
+def _draw(dot: str, fmt: str) -> tuple[bytes, int, int]:
+    """Graphviz's drawing of `dot` as svg or png, and its width and height in pixels."""
+    try:
+        result = subprocess.run(["dot", f"-T{fmt}"], input=dot.encode("utf-8"), capture_output=True, check=False,
+                                timeout=300)
+    except subprocess.TimeoutExpired:
+        raise UserError("Graphviz's dot took over 5 minutes to draw the graph: write -o FILE.dot instead") from None
     if result.returncode != 0:
         reason = result.stderr.decode("utf-8", "replace").strip().splitlines() or ["no message"]
-        raise UserError(f"Graphviz's dot failed to draw {path} ({reason[0]}): write -o FILE.dot instead")
-    write_atomic(path, result.stdout)
+        raise UserError(f"Graphviz's dot failed to draw the graph ({reason[0]}): write -o FILE.dot instead")
+    return (result.stdout, *_image_size(result.stdout, fmt))
+
+
+def _too_big(width: int, height: int) -> str:
+    return (f"would be {width:,} x {height:,} pixels, more than the {MAX_PIXELS:,} on its longer side that "
+            "keeps an image legible")
+
+
+def _render(dots: list[str], fmt: str) -> tuple[bytes, int, int, int]:
+    """The first of `dots` (finest first) whose drawing fits MAX_PIXELS: (image, width, height, its index).
+
+    Every candidate is laid out as SVG to be measured, which is quick; a PNG is then drawn once
+    and measured again, so the cap holds for the file actually written.
+    """
+    for i, dot in enumerate(dots):
+        image, width, height = _draw(dot, "svg")
+        if max(width, height) <= MAX_PIXELS:
+            break
+        if i == len(dots) - 1:
+            raise _Oversize(width, height)
+    if fmt == "png":
+        image, width, height = _draw(dots[i], "png")
+        if max(width, height) > MAX_PIXELS:
+            raise _Oversize(width, height)
+    return image, width, height, i
+
+
+class _Oversize(Exception):
+    """A drawing over MAX_PIXELS; the caller words the refusal for what it tried to draw."""
+
+    def __init__(self, width: int, height: int) -> None:
+        super().__init__(width, height)
+        self.width, self.height = width, height
 
 
 # --- the command --------------------------------------------------------------------------
-
-
-def _model_flags(config: Config) -> str:
-    return (f"--n-layer {config.n_layer} --n-embd {config.n_embd} --n-head {config.n_head} "
-            f"--block-size {config.block_size}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -218,23 +408,69 @@ def main(args: argparse.Namespace) -> int:
     loss = document_loss(tokens, params, config)  # 5.3: the forward pass builds the graph...
     loss.backward()  # ...and 5.5: backward() walks it, leaving a grad in every node
     order = topological_order(loss)
-
-    if path is not None and path.suffix.lower() != ".dot" and len(order) > RENDER_LIMIT:
-        fit = suggest(config, tokenizer.vocab_size, tokens)
-        advice = ""
-        if fit:
-            advice = f"try {_model_flags(fit[0])} --doc {shlex.quote(doc)}, which gives {fit[1]:,} nodes, or "
-        raise UserError(f"the graph has {len(order):,} nodes, too many to draw (at most {RENDER_LIMIT:,}): "
-                        f"{advice}write -o FILE.dot")
-
     where = {id(p): (name, r, c) for name, rows in params.items() for r, row in enumerate(rows)
              for c, p in enumerate(row)}  # each parameter's matrix, row and column
-    _report(config, tokenizer.vocab_size, doc, tokens, loss, order, where)
 
+    # Drawn before the report, so that a refused drawing prints nothing but its one line.
+    drawing = None
     if path is not None:
-        _write(path, to_dot(order, {key: f"{m}[{r}][{c}]" for key, (m, r, c) in where.items()}))
-        print(f"\nwrote {path} ({len(order):,} nodes)")
+        fmt = path.suffix.lower()[1:]
+        if args.full:
+            names = {key: f"{m}[{r}][{c}]" for key, (m, r, c) in where.items()}
+            drawing = _draw_full(order, names, fmt)
+        else:
+            drawing = _draw_grouped(order, params, config, doc, tokens, fmt)
+    _report(config, tokenizer.vocab_size, doc, tokens, loss, order, where)
+    if drawing is not None:
+        write_atomic(path, drawing[0])
+        print(f"\nwrote {path}: {drawing[1]}")
     return 0
+
+
+def _draw_full(order: list[Value], names: dict[int, str], fmt: str) -> tuple[bytes, str]:
+    """Every Value as a box: the file's bytes and what it holds."""
+    if fmt != "dot" and len(order) > FULL_LIMIT:
+        raise UserError(f"the graph has {len(order):,} Values, too many to draw one box each (--full draws at "
+                        f"most {FULL_LIMIT:,}): {GROUPED_FIX}")
+    dot = to_dot(order, names)
+    if fmt == "dot":
+        return dot.encode("utf-8"), f"{len(order):,} nodes, one per Value"
+    try:
+        image, width, height, _ = _render([dot], fmt)
+    except _Oversize as big:
+        raise UserError(f"drawn one box per Value (--full), the graph {_too_big(big.width, big.height)}: "
+                        f"{GROUPED_FIX}") from None
+    return image, f"{len(order):,} boxes, one per Value; {width:,} x {height:,} pixels"
+
+
+def _draw_grouped(order: list[Value], params: dict[str, list], config: Config, doc: str, tokens: list[int],
+                  fmt: str) -> tuple[bytes, str]:
+    """The graph one level up, as finely as fits: the file's bytes and what it holds."""
+    n = min(config.block_size, len(tokens) - 1)
+    dots, boxes = [], []
+    for level in LEVELS:
+        groups = attribute(order, params, level)
+        nodes, edges = group_counts(order, groups)
+        parts = list(dict.fromkeys(_part(m, level) for m in forward_matrices(params)))
+        title = (f"one training step of microgpt: the loss of {doc!r} ({n} position{'s' if n > 1 else ''}), "
+                 f"n_layer {config.n_layer}, n_embd {config.n_embd}, n_head {config.n_head}\n"
+                 f"{len(order):,} Values in {len(nodes)} boxes. A box: the Values of one operation "
+                 "in one part of the model, and how many.\nAn arrow: the operands one box passes to another, "
+                 "and how many (those passed within a box, as a running sum's, are not drawn).")
+        dots.append(to_grouped_dot(nodes, edges, parts, config.n_layer, groups[id(order[-1])], title))
+        boxes.append(len(nodes))
+    per = {"matrix": "one per operation and weight matrix",
+           "sublayer": "one per operation in each layer's attention and MLP"}
+    if fmt == "dot":
+        return dots[0].encode("utf-8"), f"{boxes[0]} boxes standing for {len(order):,} Values, {per[LEVELS[0]]}"
+    try:
+        image, width, height, i = _render(dots, fmt)
+    except _Oversize as big:
+        raise UserError(f"drawn with {per[LEVELS[-1]]}, the graph of {config.n_layer} layers "
+                        f"{_too_big(big.width, big.height)}: draw fewer layers (--n-layer) or write -o FILE.dot"
+                        ) from None
+    return image, (f"{boxes[i]} boxes standing for {len(order):,} Values, {per[LEVELS[i]]}"
+                   f"{' (finer, the drawing would be too large)' if i else ''}; {width:,} x {height:,} pixels")
 
 
 def _report(config: Config, vocab_size: int, doc: str, tokens: list[int], loss: Value, order: list[Value],

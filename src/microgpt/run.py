@@ -46,6 +46,8 @@ from .progress import Progress
 from .sample import continue_text, sample
 from .train import TrainingDiverged, mean_loss, train
 
+# What a run does around training; a resumed run keeps what it was started with unless told otherwise.
+RUN_OPTIONS = {"checkpoint_every": 100, "keep_snapshots": "auto", "sample_every": 0, "stats_every": "auto"}
 SNAPSHOT_BUDGET = 50 * 2 ** 20  # bytes of snapshots kept by default (--keep-snapshots auto)
 SAMPLES_DURING_TRAINING = 5
 STATS_SHARE = 0.1  # matrix statistics every step only while they cost under this share of a step
@@ -61,17 +63,17 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
                      "(one run at a time: the folder is locked while it trains)")
     run.add_argument("--metrics", metavar="FILE", help="append the run's metrics to FILE, JSON Lines (default with "
                      "--out: DIR/metrics.jsonl)")
-    run.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+    run.add_argument("--checkpoint-every", type=int, default=argparse.SUPPRESS, metavar="N",
                      help="with --out, checkpoint every N steps, and always at the end (default: 100)")
     run.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR, bit for bit; with a "
                      "larger --steps, train a finished run further (a new stage)")
-    run.add_argument("--keep-snapshots", default="auto", metavar="N|all|none",
+    run.add_argument("--keep-snapshots", default=argparse.SUPPRESS, metavar="N|all|none",
                      help="weights kept in DIR/snapshots at step 0 and at checkpoints (default: auto = all of them "
                      f"while they take at most {SNAPSHOT_BUDGET >> 20} MB, else an evenly spaced subset)")
-    run.add_argument("--sample-every", type=int, default=0, metavar="N",
+    run.add_argument("--sample-every", type=int, default=argparse.SUPPRESS, metavar="N",
                      help=f"draw {SAMPLES_DURING_TRAINING} samples every N steps from a generator of their own "
                      "(the run itself is unchanged); they go to the metrics and the progress output (default: 0 = off)")
-    run.add_argument("--stats-every", default="auto", metavar="N|auto|off",
+    run.add_argument("--stats-every", default=argparse.SUPPRESS, metavar="N|auto|off",
                      help="log each matrix's gradient norm, weight norm, update norm and update/weight every N "
                      f"steps (default: auto = every step while that costs under {STATS_SHARE:.0%} of a step)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
@@ -88,6 +90,7 @@ class Plan:
     config: Config
     engine: str
     options: dict[str, Any]
+    run_options: dict[str, Any]
     data: str | None
     out: Path | None
     metrics: Path | None
@@ -99,8 +102,6 @@ class Plan:
 
 def plan_run(args: argparse.Namespace) -> Plan:
     """What this invocation runs: a new run, or the one checkpointed in --resume, maybe trained further."""
-    if args.checkpoint_every < 1:
-        raise UserError(f"--checkpoint-every must be a positive integer, got {args.checkpoint_every}")
     if args.resume is None:
         config = config_from_args(args)
         engine = getattr(args, "engine", "numpy")
@@ -108,7 +109,7 @@ def plan_run(args: argparse.Namespace) -> Plan:
         if out is not None and is_checkpoint(out):
             raise CheckpointError(f"{out} already holds a checkpoint: continue it with --resume {out}, "
                                   "or pick another --out folder")
-        return Plan(config, engine, engine_options(args, engine), args.data, out,
+        return Plan(config, engine, engine_options(args, engine), _run_options(args), args.data, out,
                     _metrics_path(args.metrics, out), None, uuid.uuid4().hex[:12],
                     [{"from": 0, "to": config.num_steps}])
 
@@ -142,8 +143,24 @@ def plan_run(args: argparse.Namespace) -> Plan:
         note = (note + "; " if note else "") + (f"the interrupted run logged to {checkpoint.meta['metrics_hint']}: "
                                                 "pass --metrics FILE to go on logging there")
     data = args.data if args.data is not None else checkpoint.meta.get("data")
-    return Plan(config, engine, engine_options(args, engine, saved), data, out, metrics, checkpoint,
+    return Plan(config, engine, engine_options(args, engine, saved),
+                _run_options(args, checkpoint.meta.get("run_options")), data, out, metrics, checkpoint,
                 checkpoint.meta.get("run_id") or uuid.uuid4().hex[:12], stages, note)
+
+
+def _run_options(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's own options: the defaults, then what a resumed run was started with, then the flags given."""
+    options = {**RUN_OPTIONS, **(saved or {}), **{k: getattr(args, k) for k in RUN_OPTIONS if hasattr(args, k)}}
+    if not isinstance(options["checkpoint_every"], int) or options["checkpoint_every"] < 1:
+        raise UserError(f"--checkpoint-every must be a positive integer, got {options['checkpoint_every']}")
+    if not isinstance(options["sample_every"], int) or options["sample_every"] < 0:
+        raise UserError(f"--sample-every must be 0 (off) or a positive number of steps, got {options['sample_every']}")
+    # Stored as typed, so a checkpoint records numbers as numbers.
+    every = _stats_every(options["stats_every"])
+    options["stats_every"] = "off" if every is None else "auto" if every == 0 else every
+    keep = options["keep_snapshots"]
+    options["keep_snapshots"] = keep if keep in ("all", "auto", "none") else _keep_count(keep, 1)
+    return options
 
 
 def _metrics_path(given: str | None, out: Path | None, recorded: str | None = "metrics.jsonl") -> Path | None:
@@ -195,16 +212,14 @@ class TrainingRun:
         self.config = config = plan.config
         self.main = engine.rank == 0
         self.quiet = args.quiet
-        self.checkpoint_every = args.checkpoint_every
-        self.sample_every = args.sample_every
-        if self.sample_every < 0:
-            raise UserError(f"--sample-every must be 0 (off) or a positive number of steps, got {args.sample_every}")
+        options = plan.run_options
+        self.checkpoint_every, self.sample_every = options["checkpoint_every"], options["sample_every"]
         self.samples_rng = derived_rng(config.seed, "samples") if self.sample_every else None
-        self.stats_every = _stats_every(args.stats_every) if plan.metrics else None
+        self.stats_every = _stats_every(options["stats_every"]) if plan.metrics else None
         self.start_step, self.elapsed_before = 0, 0.0
         if plan.checkpoint is not None:
             self.restore(plan.checkpoint)
-        self.keep = self.snapshot_steps(args.keep_snapshots)
+        self.keep = self.snapshot_steps(options["keep_snapshots"])
         self.last_saved = self.start_step
         self.val_loss: float | None = None
         self.signals = None
@@ -212,6 +227,7 @@ class TrainingRun:
         self.progress: Progress | None = None
         self.started = time.perf_counter()
         self.current_step = self.start_step  # the last step completed
+        self.in_hook = False  # whether after_step is running (then current_step is the step that stops)
         self.measured: list[tuple[float, float]] = []  # auto stats: (step seconds, stats seconds) of early steps
 
     # Setting up.
@@ -233,22 +249,12 @@ class TrainingRun:
         every, n = self.checkpoint_every, self.config.num_steps
         planned = sorted({0, n, *range(every, n + 1, every)})
         size = self.engine.num_params * 8 + 200 * len(self.engine.shapes)
-        if keep == "all":
-            count = len(planned)
-        elif keep == "none":
-            count = 0
-        elif keep == "auto":
+        count = _keep_count(keep, len(planned))
+        if keep == "auto":
             count = min(len(planned), max(2, SNAPSHOT_BUDGET // size))
             if count < len(planned) and self.main and self.start_step == 0:
                 print(f"keeping {count} of {len(planned)} snapshots ({size / 2**20:.1f} MB each; "
                       f"--keep-snapshots all keeps every one)", file=sys.stderr)
-        else:
-            try:
-                count = int(keep)
-            except ValueError:
-                count = -1
-            if count < 0:
-                raise UserError(f"--keep-snapshots must be a number, all, none or auto, got {keep!r}")
         if count >= len(planned):
             return set(planned)
         if count == 1:
@@ -310,7 +316,7 @@ class TrainingRun:
         """After every step: log it, measure validation, sample, checkpoint, show progress; True stops the loop."""
         done, c = step + 1, self.config
         now = time.perf_counter()
-        self.current_step = done
+        self.current_step, self.in_hook = done, True  # a Ctrl-C from here on stops at this very step
         record: dict[str, Any] = {"step": done, "loss": loss, "lr": lr_t,
                                   "time": round(self.elapsed_before + now - self.started, 6)}
         saving = self.plan.out is not None and (done % self.checkpoint_every == 0 or done == c.num_steps)
@@ -338,7 +344,9 @@ class TrainingRun:
         if self.progress:
             self.progress.update(done, loss)
         self.engine.want_stats = self.stats_due(done + 1)
-        return bool(self.signals.requested)
+        stop = bool(self.signals.requested)
+        self.in_hook = False  # after reading `stop`: a signal from here on stops after the next step
+        return stop
 
     def stats_due(self, step: int) -> bool:
         """Whether step `step` (1-based) logs matrix statistics; `auto` logs them until it has settled."""
@@ -381,6 +389,7 @@ class TrainingRun:
             "rng_state": rng_json(self.rng),
             "rngs": {"windows": rng_json(d.windows), "samples": rng_json(self.samples_rng)},
             "engine_state": self.engine.extra_state(), "run_id": self.plan.run_id, "stages": self.plan.stages,
+            "run_options": self.plan.run_options,
             "elapsed": self.elapsed_before + time.perf_counter() - self.started,
             **_recorded_metrics(self.plan.metrics, out),
         }
@@ -402,7 +411,7 @@ class TrainingRun:
 
     def on_signal(self, signum: int) -> None:
         """The first Ctrl-C: say at once what happens next (the loop stops after this step)."""
-        where = f"at step {self.current_step + 1}"
+        where = f"at step {self.current_step + (0 if self.in_hook else 1)}"
         if self.plan.out:
             print(f"saving a checkpoint {where}...", file=sys.stderr, flush=True)
         else:
@@ -482,15 +491,33 @@ def _recorded_data(given: str | None, path: Path) -> str | None:
     return str(Path(path).resolve())
 
 
-def _stats_every(value: str) -> int | None:
+def _keep_count(keep: Any, planned: int) -> int:
+    """--keep-snapshots: how many of the `planned` snapshots to keep (auto: all, the budget applies later)."""
+    if keep in ("all", "auto"):
+        return planned
+    if keep == "none":
+        return 0
+    if isinstance(keep, int) and not isinstance(keep, bool):
+        count = keep
+    else:
+        try:
+            count = int(keep)
+        except (TypeError, ValueError):
+            count = -1
+    if count < 0:
+        raise UserError(f"--keep-snapshots must be a number, all, none or auto, got {keep!r}")
+    return count
+
+
+def _stats_every(value: Any) -> int | None:
     """--stats-every: None (off), 0 (auto) or a number of steps."""
     if value == "off":
         return None
     if value == "auto":
         return 0
     try:
-        n = int(value)
-    except ValueError:
+        n = int(value) if not isinstance(value, (bool, float)) else 0
+    except (TypeError, ValueError):
         n = 0
     if n < 1:
         raise UserError(f"--stats-every must be a positive number of steps, auto or off, got {value!r}")
