@@ -3,18 +3,21 @@
 Every operation's forward value is compared with `math` on plain floats and its gradient with
 central finite differences; a mixed expression is compared with PyTorch's autograd in float64.
 The rest pins the semantics the training loop relies on: gradients accumulate with +=, a value
-used twice receives both contributions, and backward() never recurses.
+used twice receives both contributions, backward() never recurses, and `topological_order` is the
+recursive depth-first post-order of SPEC section 9 (operands left to right, each node once),
+written here the obvious recursive way, on random expression graphs.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import sys
 
 import pytest
-import torch
+from conftest import requires_torch
 
-from microgpt.autograd import Value
+from microgpt.autograd import Value, topological_order
 
 # Central differences: truncation error ~ h^2 * f''' and rounding error ~ 1e-16 * |f| / h; with
 # h = 1e-6 both stay below 1e-8 for the smooth, O(1) functions below, so 1e-6 leaves margin.
@@ -175,7 +178,10 @@ def _expression(a, b, c, d):
     return h * f + h / (f ** 2 + 1) - a * a
 
 
+@requires_torch
 def test_expression_matches_torch_float64():
+    import torch
+
     xs = [0.8, -1.3, 0.6, 1.7]
     leaves = [Value(x) for x in xs]
     out = _expression(*leaves)
@@ -193,7 +199,10 @@ def test_expression_matches_torch_float64():
     assert all(abs(t.grad.item()) > 1e-3 for t in tensors)
 
 
+@requires_torch
 def test_micrograd_style_expression_matches_torch():
+    import torch
+
     # The relu branches here sit on both sides of 0.
     def expr(x):
         z = 2 * x + 2 + x
@@ -210,3 +219,93 @@ def test_micrograd_style_expression_matches_torch():
         yt.backward()
         assert y.data == pytest.approx(yt.item(), rel=1e-14)
         assert x.grad == pytest.approx(xt.grad.item(), rel=1e-14)
+
+
+# --- the topological order ------------------------------------------------------------------------
+
+
+def recursive_post_order(root: Value) -> list[Value]:
+    """SPEC section 9's order, the obvious recursive way: visit each operand left to right, each node
+    once (marked when first reached), and list a node after its operands."""
+    order: list[Value] = []
+    seen: set[int] = set()
+
+    def visit(v: Value) -> None:
+        seen.add(id(v))
+        for child in v._children:
+            if id(child) not in seen:
+                visit(child)
+        order.append(v)
+
+    visit(root)
+    return order
+
+
+# Operations that keep every value finite over a few dozen steps, with operands reused at random, so
+# the graphs share nodes (diamonds, a value used twice by one operation) as the model's graph does.
+OPS = [
+    lambda a, b: a + b,
+    lambda a, b: a * b,
+    lambda a, b: a - b,
+    lambda a, b: a * 0.5 + 1,
+    lambda a, b: a.relu(),
+    lambda a, b: (a * a + 1) ** -0.5,
+    lambda a, b: (b * b + 1).log(),
+    lambda a, b: a * a,
+    lambda a, b: 3 - b,
+]
+
+
+def random_graph(seed: int) -> Value:
+    rng = random.Random(seed)
+    pool = [Value(rng.uniform(-2, 2)) for _ in range(rng.randint(1, 6))]
+    for _ in range(rng.randint(1, 80)):
+        a, b = rng.choice(pool[-8:]), rng.choice(pool)  # recent values, so the graph grows deep too
+        pool.append(rng.choice(OPS)(a, b))
+    # The root sums a few of the values, some of them perhaps not reachable otherwise.
+    return sum(rng.sample(pool, min(len(pool), 3)), pool[-1])
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_topological_order_is_the_recursive_post_order(seed):
+    root = random_graph(seed)
+    order = topological_order(root)
+    want = recursive_post_order(root)
+    assert [id(v) for v in order] == [id(v) for v in want]
+    assert len({id(v) for v in order}) == len(order)  # each node once
+    assert order[-1] is root
+    position = {id(v): i for i, v in enumerate(order)}
+    assert all(position[id(c)] < position[id(v)] for v in order for c in v._children)  # operands first
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_backward_accumulates_in_the_recursive_order(seed):
+    """backward() is the chain rule applied in reverse post-order: the same sums, bit for bit."""
+    root = random_graph(seed)
+    root.backward()
+    got = [v.grad for v in recursive_post_order(root)]
+    for v in recursive_post_order(root):
+        v.grad = 0
+    root.grad = 1
+    for v in reversed(recursive_post_order(root)):
+        for child, local in zip(v._children, v._local_grads):
+            child.grad += local * v.grad
+    assert got == [v.grad for v in recursive_post_order(root)]
+
+
+def test_topological_order_of_a_leaf_and_of_a_deep_chain():
+    leaf = Value(1.0)
+    assert topological_order(leaf) == [leaf]
+    x, total = Value(1.0), Value(0.0)
+    chain = [total]
+    for _ in range(5000):
+        total = total + x
+        chain.append(total)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        order = topological_order(total)
+    finally:
+        sys.setrecursionlimit(limit)
+    # The first sum's operands (the 0 and x), then every partial sum in the order it was built.
+    assert order[:2] == [chain[0], x] and order[2:] == chain[1:]

@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("microgpt.compare", "plot and tabulate several runs' losses side by side"),
     "gradcheck": ("microgpt.gradcheck", "check an engine's gradients against finite differences"),
     "graph": ("microgpt.graph", "show the computation graph one training step builds"),
+    "explain": ("microgpt.explain", "write one offline HTML page that shows a training run from the inside"),
+    "trace": ("microgpt.trace", "one prediction, inside: p(target), loss and top-5 at every position"),
 }
 
 GROUP_TITLES = {

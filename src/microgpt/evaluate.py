@@ -124,7 +124,7 @@ def _report_novelty(samples: list[str], data: Dataset | None) -> None:
         print(f"new: {new} of {len(lines)} sampled lines are not lines of {data.path.name}")
         return
     n = novelty(samples, data.docs)
-    print(f"new: {n['new']} of {len(samples)} samples are not documents of {data.path}; "
+    print(f"new: {n['new']} of {len(samples)} samples are not documents of {data.path.name}; "
           f"{n['repeats']} repeat an earlier sample; mean length {n['mean_len']:.2f} "
           f"(data: {n['data_mean_len']:.2f})")
 

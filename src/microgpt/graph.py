@@ -8,8 +8,8 @@ the number of positions and layers.
 
 It can also write the graph as Graphviz DOT, or draw it. The default model's step holds tens of
 thousands of Values, far too many to draw one by one, so the drawing goes one level up: one box
-per operation in each part of the model (the Values a weight matrix is the latest matrix behind),
-labelled with how many Values it stands for. `--full` draws every Value, which only a tiny model
+per operation in each part of the model (a weight matrix and what is computed from it before the
+next matrix joins), labelled with how many Values it stands for. `--full` draws every Value, which only a tiny model
 keeps legible. A drawing is refused, never shrunk, when it would exceed `MAX_PIXELS`.
 
 Exports: `configure`, `main`, `build`, `count_nodes`, `operation_counts`, `depth`, `forward_matrices`,
@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 from collections import Counter
+from collections.abc import Container
 from pathlib import Path
 
 from .autograd import Value, topological_order
@@ -108,7 +109,7 @@ def operation_counts(nodes: list[Value], parameter_ids: set[int]) -> Counter:
     return Counter(_kind(node, parameter_ids) for node in nodes)
 
 
-def _kind(node: Value, parameter_ids: set[int] | dict[int, int]) -> str:
+def _kind(node: Value, parameter_ids: Container[int]) -> str:
     return node._op or (PARAMETERS if id(node) in parameter_ids else CONSTANTS)
 
 
@@ -205,7 +206,7 @@ def group_counts(order: list[Value], groups: dict[int, tuple[str, str]]) -> tupl
     return nodes, edges
 
 
-def part_title(part: str, n_layer: int) -> list[str]:
+def _part_title(part: str, n_layer: int) -> list[str]:
     """What a part computes, in the chapter's terms, as short lines for a frame of the drawing.
 
     The latest-matrix rule puts each rmsnorm with the part before it, so the titles say so.
@@ -228,7 +229,7 @@ def part_title(part: str, n_layer: int) -> list[str]:
         "attention": ["attention", "q, k, v = linear(x, attn_wq / wk / wv)", "softmax(q.k / sqrt(head_dim))",
                       "for every position so far", "sums of weight * v", "x = linear(heads, attn_wo) + residual",
                       "the MLP's rmsnorm"],
-        "mlp": ["MLP", "x = linear(relu(linear(x, mlp_fc1)), mlp_fc2)", "    + residual", *after],
+        "mlp": ["MLP", "h = relu(linear(x, mlp_fc1))", "x = linear(h, mlp_fc2) + residual", *after],
     }
     heading, *lines = titles[name]
     where = f" ({name})" if name in LAYER_MATRICES else ""
@@ -247,7 +248,7 @@ def to_grouped_dot(nodes: Counter, edges: Counter, parts: list[str], n_layer: in
     `nodes` and `edges` come from `group_counts`, `parts` is the frames' order, `root` the loss's
     group. An arrow's width grows with the log of the operands it stands for; operands passed
     within a group (a running sum adding its next term) would only loop back, so they are counted
-    in the header comment but not drawn.
+    in the header comment but not drawn. Weights and constants sit beside the box they feed.
     """
     names = {group: f"g{i}" for i, group in enumerate(sorted(nodes, key=lambda g: (parts.index(g[0]), g[1])))}
     inner = sum(count for (a, b), count in edges.items() if a == b)
@@ -262,8 +263,8 @@ def to_grouped_dot(nodes: Counter, edges: Counter, parts: list[str], n_layer: in
         members = [group for group in names if group[0] == part]
         if not members:
             continue
-        # \\l ends a left-justified line in DOT: the title reads like a short list.
-        heading = "".join(_quote(line) + "\\l" for line in part_title(part, n_layer))
+        # \l ends a left-justified line in DOT: the title reads like a short list.
+        heading = "".join(_quote(line) + "\\l" for line in _part_title(part, n_layer))
         lines.append(f'  subgraph cluster_{i} {{ label="{heading}"; labeljust=l; '
                      'fontsize=13; style=filled; fillcolor="#f2f2f2"; color="#b0b0b0";')
         for group in members:
@@ -281,6 +282,13 @@ def to_grouped_dot(nodes: Counter, edges: Counter, parts: list[str], n_layer: in
                 label += "\\nthe loss among them"
                 attrs = "fillcolor=gold"
             lines.append(f'    {names[group]} [label="{label}"{", " + attrs if attrs else ""}];')
+        for group in members:
+            if group[1] in (PARAMETERS, CONSTANTS):
+                # A leaf beside the box it feeds most, not above it: above, it would share a row with
+                # the part before and push the parts into a staircase twice as wide.
+                users = [(count, -list(names).index(b), b) for (a, b), count in edges.items() if a == group != b]
+                if users:
+                    lines.append(f"    {{ rank=same; {names[group]}; {names[max(users)[2]]}; }}")
         lines.append("  }")
     for (a, b), count in edges.items():
         if a != b:
@@ -295,8 +303,8 @@ def to_grouped_dot(nodes: Counter, edges: Counter, parts: list[str], n_layer: in
 def to_dot(order: list[Value], names: dict[int, str]) -> str:
     """Graphviz DOT: one node per Value (its operation or name, data and grad), an edge per operand.
 
-    Top to bottom with small gaps: the graph is deeper than it is wide, and a box is lower than
-    it is wide, so this is the most Values a legible picture holds.
+    Top to bottom with small gaps and two-line boxes: the graph is much deeper than it is wide
+    (the chapter's smallest model is 56 operations deep), so its height is what must fit.
     """
     index = {id(node): i for i, node in enumerate(order)}
     edges = sum(len(node._children) for node in order)
@@ -305,15 +313,15 @@ def to_dot(order: list[Value], names: dict[int, str]) -> str:
              '  node [fontname="Helvetica", fontsize=10, shape=box, margin="0.04,0.02", height=0.3];']
     root = order[-1]
     for i, node in enumerate(order):
-        numbers = f"data {node.data:.4g}\\ngrad {node.grad:.4g}"
+        numbers = f"  data {node.data:.4g}\\ngrad {node.grad:.4g}"  # two lines, not three: shorter ranks
         if node is root:
-            attrs = f'label="loss ({node._op})\\n{numbers}", style=filled, fillcolor=gold'
+            attrs = f'label="loss ({node._op}){numbers}", style=filled, fillcolor=gold'
         elif node._op:
-            attrs = f'label="{node._op}\\n{numbers}", style=rounded'
+            attrs = f'label="{node._op}{numbers}", style=rounded'
         elif id(node) in names:
-            attrs = f'label="{names[id(node)]}\\n{numbers}", style=filled, fillcolor=lightblue'
+            attrs = f'label="{names[id(node)]}{numbers}", style=filled, fillcolor=lightblue'
         else:
-            attrs = f'label="const\\n{numbers}", style=dashed'
+            attrs = f'label="const{numbers}", style=dashed'
         lines.append(f"  n{i} [{attrs}];")
     for i, node in enumerate(order):
         for child in node._children:
@@ -393,6 +401,8 @@ class _Oversize(Exception):
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     path = Path(args.output) if args.output else None
+    if args.full and path is None:
+        raise UserError("--full chooses what -o draws: add -o FILE.svg, FILE.png or FILE.dot")
     if path is not None:
         if path.suffix.lower() not in FORMATS:
             raise UserError(f"-o {path}: the file name must end in .dot, .svg or .png")
@@ -459,18 +469,18 @@ def _draw_grouped(order: list[Value], params: dict[str, list], config: Config, d
                  "and how many (those passed within a box, as a running sum's, are not drawn).")
         dots.append(to_grouped_dot(nodes, edges, parts, config.n_layer, groups[id(order[-1])], title))
         boxes.append(len(nodes))
-    per = {"matrix": "one per operation and weight matrix",
-           "sublayer": "one per operation in each layer's attention and MLP"}
+    per = {"matrix": "operation and weight matrix", "sublayer": "operation in each layer's attention and MLP"}
     if fmt == "dot":
-        return dots[0].encode("utf-8"), f"{boxes[0]} boxes standing for {len(order):,} Values, {per[LEVELS[0]]}"
+        return dots[0].encode("utf-8"), f"{len(order):,} Values as {boxes[0]} boxes, one per {per[LEVELS[0]]}"
     try:
         image, width, height, i = _render(dots, fmt)
     except _Oversize as big:
-        raise UserError(f"drawn with {per[LEVELS[-1]]}, the graph of {config.n_layer} layers "
+        raise UserError(f"drawn with one box per {per[LEVELS[-1]]}, the graph of {config.n_layer} layers "
                         f"{_too_big(big.width, big.height)}: draw fewer layers (--n-layer) or write -o FILE.dot"
                         ) from None
-    return image, (f"{boxes[i]} boxes standing for {len(order):,} Values, {per[LEVELS[i]]}"
-                   f"{' (finer, the drawing would be too large)' if i else ''}; {width:,} x {height:,} pixels")
+    coarser = f" (one per {per[LEVELS[0]]} would be too large to draw)" if i else ""
+    return image, (f"{len(order):,} Values as {boxes[i]} boxes, one per {per[LEVELS[i]]}{coarser}; "
+                   f"{width:,} x {height:,} pixels")
 
 
 def _report(config: Config, vocab_size: int, doc: str, tokens: list[int], loss: Value, order: list[Value],

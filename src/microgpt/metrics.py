@@ -159,13 +159,8 @@ class MetricsWriter:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
-                current = None
-                for _, raw, record in _records(self.path):
-                    if record is None:
-                        continue  # a line a kill cut short
-                    if record.get("type") == "run":
-                        current = record.get("run_id")
-                    elif current == run_id and record.get("type") == "step":
+                for current, _, raw, record in _by_run(self.path):
+                    if current == run_id and record["type"] == "step":
                         if record["step"] > resume_step:
                             continue
                         kept.append(record["loss"])
@@ -234,6 +229,21 @@ def _records(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]:
             yield number, raw, record
 
 
+def _by_run(path: Path) -> Iterator[tuple[str, int, bytes, dict[str, Any]]]:
+    """(run id, line number, raw line, record) for every valid record; a step carries the id of the
+    header above it. Files from before run ids count each header as a run of its own."""
+    current = None
+    for number, raw, record in _records(path):
+        if record is None:
+            continue  # a line a kill cut short
+        if record["type"] == "run":
+            current = record.get("run_id") or f"line{number}"
+        elif current is None:
+            raise MetricsError(f"{path} line {number}: a step before any run header; pass a metrics file written "
+                               "by microgpt train --metrics")
+        yield current, number, raw, record
+
+
 @dataclass
 class RunInfo:
     """One run of a metrics file: its position (1-based), id, header, and steps logged."""
@@ -248,20 +258,11 @@ def list_runs(path: str | os.PathLike) -> list[RunInfo]:
     """Every run in the file, in order of first appearance; a resumed run's second header joins its first."""
     path = _existing(path)
     runs: dict[str, RunInfo] = {}
-    current: RunInfo | None = None
-    for number, _, record in _records(path):
-        if record is None:
-            continue
-        if record["type"] == "run":
-            run_id = record.get("run_id") or f"line{number}"  # files from before run ids: one run per header
-            current = runs.get(run_id)
-            if current is None:
-                current = runs[run_id] = RunInfo(len(runs) + 1, run_id, record)
-        elif current is None:
-            raise MetricsError(f"{path} line {number}: a step before any run header; pass a metrics file written "
-                               "by microgpt train --metrics")
-        else:
-            current.steps += 1
+    for run_id, _, _, record in _by_run(path):
+        if run_id not in runs:
+            runs[run_id] = RunInfo(len(runs) + 1, run_id, record)
+        elif record["type"] == "step":
+            runs[run_id].steps += 1
     return list(runs.values())
 
 
@@ -303,14 +304,8 @@ def read_metrics(path: str | os.PathLike, run: int | None = None, details: bool 
                            f"{len(runs)}")
     chosen = runs[run - 1]
     out = Metrics(path, chosen.header, run, len(runs))
-    current = None
-    for number, _, record in _records(path):
-        if record is None:
-            continue
-        if record["type"] == "run":
-            current = record.get("run_id") or f"line{number}"
-            continue
-        if current != chosen.run_id:
+    for run_id, _, _, record in _by_run(path):
+        if run_id != chosen.run_id or record["type"] == "run":
             continue
         out.step.append(record["step"])
         out.loss.append(record["loss"])

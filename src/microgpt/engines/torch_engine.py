@@ -4,7 +4,8 @@ The function is the book's (SPEC sections 4-6); PyTorch's autograd replaces `Val
 batch of documents goes through the model at once:
 
 - `GPT` is the model as an `nn.Module` whose parameters carry the book's names (`wte`, `wpe`,
-  `lm_head`, `layer{i}.attn_wq`, ...; each an (n_out, n_in) matrix). Documents of different
+  `lm_head`, `layer{i}.attn_wq`, ...; each an (n_out, n_in) matrix). A `Block` reads as the
+  other engines' do: `x = attn(rmsnorm(x)) + x; x = mlp(rmsnorm(x)) + x`. Documents of different
   lengths are padded on the right to one length T; the causal mask already keeps every real
   position from seeing the padding after it, and padded positions get no loss, so padding never
   changes the result. The loss is the mean over documents of each document's mean
@@ -21,14 +22,19 @@ bfloat16 the weights, gradients and Adam's moments stay float32 and the forward 
 float32 weights (no separate master copy is needed).
 
 Threads: on CPU a model narrower than 64 runs on one PyTorch thread (unless OMP_NUM_THREADS is
-set); its operations take microseconds, less than handing them to a thread pool costs.
+set or --threads is given); its operations take microseconds, less than handing them to a thread
+pool costs.
+
+Dropout (--dropout P, off by default): drawn from a torch generator of its own, seeded from
+--seed, after the embedding's rmsnorm, on the attention weights and on both branches' outputs;
+its state is saved in checkpoints, so a run with dropout resumes exactly.
 
 Several processes: started by `torchrun`, which sets WORLD_SIZE > 1, the engine joins the
 process group (gloo on CPU, nccl on CUDA, one GPU per process) and wraps the model in
 `DistributedDataParallel`. The training loop hands each process its equal slice of the step's
 documents and DDP averages the gradients, which is the gradient of the whole batch's mean loss.
 
-Exports: `TorchEngine`, `GPT`, `Block`, `rmsnorm`, `pad_batch`, `resolve_device`, `DTYPES`.
+Exports: `TorchEngine`, `GPT`, `Block`, `Dropout`, `rmsnorm`, `pad_batch`, `resolve_device`, `DTYPES`.
 """
 
 from __future__ import annotations
