@@ -32,10 +32,14 @@ from .plotting import (
     check_axis_arguments,
     check_output,
     describe_config,
+    draw_raw,
     draw_uniform,
+    loss_text,
     mark_divergence,
     mean_phrase,
     new_figure,
+    plain,
+    quiet_numbers,
     reduce_run,
     save_figure,
     set_title,
@@ -44,7 +48,8 @@ from .plotting import (
 
 # Run-header entries that change a loss curve besides the config's trajectory fields, with their flags.
 HEADER_FLAGS = {"engine": "--engine", "data": "--data"}
-_MISSING = object()
+_MISSING = object()  # a header entry the file does not record
+_NO_COMMON = object()  # a setting on which no value is shared by most runs
 _RUN = re.compile(r"(.+)@([0-9]+)")
 
 
@@ -74,9 +79,9 @@ def _read(path: Path, run: int | None, window: int) -> tuple[dict[str, Any], Cur
                 raise UserError(f"{path} holds {count} run{'s' if count > 1 else ''}, not {run}: write "
                                 f"{path}@N with N from 1 to {count}") from None
         raise
-    name = path.name + (f"@{metrics.index}" if metrics.num_runs > 1 else "")
+    name = plain(path.name) + (f"@{metrics.index}" if metrics.num_runs > 1 else "")
     val = metrics.val[-1][1] if metrics.val else math.nan
-    return metrics.run, reduce_run(metrics, window), val, name
+    return plain(metrics.run), reduce_run(metrics, window), val, name
 
 
 # --- labels ------------------------------------------------------------------------------------
@@ -109,7 +114,8 @@ def _flag(key: str, value: Any) -> str:
     if key == "data":
         value = Path(str(value)).name  # the file name says which dataset; the folder rarely matters
     elif isinstance(value, float):
-        value = f"{value:g}"
+        short = f"{value:g}"
+        value = short if float(short) == value else repr(value)  # short where that loses nothing
     return f"{flag} {value}"
 
 
@@ -141,9 +147,9 @@ def run_labels(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str
             elif key in defaults and any(_same(v, defaults[key]) for v in tied):
                 common = defaults[key]
             else:
-                common = _MISSING
+                common = _NO_COMMON
         for part, v in zip(parts, values, strict=True):
-            if common is _MISSING or not _same(v, common):
+            if common is _NO_COMMON or not _same(v, common):
                 part.append(_flag(key, v))
     if not any(parts):
         return list(names)
@@ -192,9 +198,9 @@ def summary_table(labels: Sequence[str], curves: Sequence[Curve], vals: Sequence
     head = ["run", "steps", "final loss", mean_head, "min loss"] + (["val loss"] if with_val else []) + ["wall time"]
     body = []
     for label, c, val, mark in zip(labels, curves, vals, marks, strict=True):
-        cells = [label, str(c.steps), f"{c.final:.4f}", f"{c.last_mean:.4f}{mark}", f"{c.low:.4f}"]
+        cells = [label, str(c.steps), loss_text(c.final), loss_text(c.last_mean) + mark, loss_text(c.low)]
         if with_val:
-            cells.append(f"{val:.4f}" if math.isfinite(val) else "-")
+            cells.append(loss_text(val) if math.isfinite(val) else "-")
         cells.append(f"{c.time:.1f} s" if math.isfinite(c.time) else "-")
         body.append(cells)
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
@@ -222,7 +228,8 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="a metrics file (microgpt train --metrics FILE) for its last run, or FILE@N for its "
                         "run N, counting from 1 in the order they were appended (a resumed run is one run); "
-                        "the same file may be named more than once, e.g. a.jsonl@1 a.jsonl@2")
+                        "the same file may be named more than once, e.g. a.jsonl@1 a.jsonl@2 (a file whose own "
+                        "name ends in @N is that file)")
     parser.add_argument("-o", "--output", metavar="FILE", default="compare.png",
                         help="image to write, .png, .pdf or .svg (default: compare.png)")
     parser.add_argument("--window", type=int, default=WINDOW, metavar="N",
@@ -237,16 +244,31 @@ def main(args: argparse.Namespace) -> int:
     check_axis_arguments(args)
     chosen = [parse_run(text) for text in args.runs]
     headers, curves, vals, names = [], [], [], []
-    for path, run in chosen:  # one run's arrays in memory at a time
-        header, curve, val, name = _read(path, run, args.window)
-        headers.append(header), curves.append(curve), vals.append(val), names.append(name)
-    labels = run_labels(headers, names)
+    with quiet_numbers():
+        for path, run in chosen:  # one run's arrays in memory at a time
+            header, curve, val, name = _read(path, run, args.window)
+            headers.append(header), curves.append(curve), vals.append(val), names.append(name)
+        labels = run_labels(headers, names)
+        _draw(output, headers, curves, labels, args)
 
+    print(summary_table(labels, curves, vals, args.window))
+    for label, curve in zip(labels, curves, strict=True):
+        if curve.diverged_step is not None:
+            print(f"diverged: {label} at step {curve.diverged_step} ({curve.diverged_why})")
+    vocab_sizes = sorted({h["vocab_size"] for h in headers if "vocab_size" in h})
+    for vocab_size in vocab_sizes:
+        print(f"uniform guess: ln({vocab_size}) = {math.log(vocab_size):.4f}")
+    print(f"wrote {plain(str(output))}")
+    return 0
+
+
+def _draw(output: Path, headers: list[dict[str, Any]], curves: list[Curve], labels: list[str],
+          args: argparse.Namespace) -> None:
     fig, ax = new_figure()
     faint = max(0.08, 0.25 / len(curves) ** 0.5)  # faint raw losses of many runs blur together
     for i, (curve, label) in enumerate(zip(curves, labels, strict=True)):
         color = f"C{i % 10}"
-        ax.plot(*curve.raw, color=color, alpha=faint, linewidth=0.7)
+        draw_raw(ax, curve, color, faint)
         if curve.diverged_step is not None:
             label += f" (diverged at step {curve.diverged_step})"
         ax.plot(*curve.mean, color=color, linewidth=2.0, label=label)
@@ -260,12 +282,3 @@ def main(args: argparse.Namespace) -> int:
     set_title(ax, title, f"common: {common}" if common else "")
     add_legend(ax)
     save_figure(fig, output)
-
-    print(summary_table(labels, curves, vals, args.window))
-    for label, curve in zip(labels, curves, strict=True):
-        if curve.diverged_step is not None:
-            print(f"diverged: {label} at step {curve.diverged_step} ({curve.diverged_why})")
-    for vocab_size in sorted(set(vocab_sizes)):
-        print(f"uniform guess: ln({vocab_size}) = {math.log(vocab_size):.4f}")
-    print(f"wrote {output}")
-    return 0

@@ -62,14 +62,14 @@ RUN_HEADER = s.record({
 
 STEP = s.record({
     "type": s.one_of("step"),
-    "step": s.integer(1),
+    "step": s.integer(1, 2 ** 63 - 1),
     "loss": s.number(finite=False),
     "lr": s.number(finite=False),
     "time": s.number(lo=0),
     "val_loss": s.number(finite=False),
     "samples": s.list_of(s.string(100_000), max_len=10_000),
     "stats": s.mapping(s.list_of(s.number(finite=False), 4, 4)),
-    "window": s.integer(0),
+    "window": s.integer(0, 2 ** 63 - 1),
 }, required=("type", "step", "loss"))
 
 

@@ -21,16 +21,22 @@ from .errors import UserError
 from .metrics import read_metrics
 from .plotting import (
     IMAGE_TYPES,
+    MAX_Y,
     WINDOW,
+    Curve,
     add_legend,
     axis_arguments,
     check_axis_arguments,
     check_output,
     describe_config,
+    draw_raw,
     draw_uniform,
+    loss_text,
     mark_divergence,
     mean_phrase,
     new_figure,
+    plain,
+    quiet_numbers,
     reduce_run,
     save_figure,
     set_title,
@@ -65,41 +71,47 @@ def main(args: argparse.Namespace) -> int:
                         "out for the last")
     check_axis_arguments(args)
     metrics = read_metrics(args.metrics, run=args.run)
-    curve = reduce_run(metrics, WINDOW)
-    run, val = metrics.run, metrics.val
-    which = f"run {metrics.index} of {metrics.num_runs}" if metrics.num_runs > 1 else ""
-    del metrics  # its arrays are no longer needed: only the reduced curves are drawn
+    with quiet_numbers():
+        curve = reduce_run(metrics, WINDOW)
+        run, val = plain(metrics.run), metrics.val
+        which = f"run {metrics.index} of {metrics.num_runs}" if metrics.num_runs > 1 else ""
+        del metrics  # its arrays are no longer needed: only the reduced curves are drawn
+        data = Path(run["data"]).name if run.get("data") else plain(Path(args.metrics).name)
+        title = f"{run.get('engine', 'unknown')} engine on {data}" + (f", {which}" if which else "")
+        _draw(output, curve, run, val, title, args)
+    ending = (f"final running mean {loss_text(curve.last_mean)}" if curve.steps >= WINDOW
+              else f"{mean_phrase(curve.steps, WINDOW)} {loss_text(curve.last_mean)}")
+    if curve.diverged_step is not None:
+        ending += f", diverged at step {curve.diverged_step}: {curve.diverged_why}"
+    print(f"wrote {plain(str(output))} ({which + ', ' if which else ''}{curve.steps} steps, {ending})")
+    return 0
 
+
+def _draw(output: Path, curve: Curve, run: dict, val: list[tuple[int, float]], title: str,
+          args: argparse.Namespace) -> None:
     fig, ax = new_figure()
-    ax.plot(*curve.raw, color="tab:blue", alpha=0.25, linewidth=0.8, label="loss of each step")
+    draw_raw(ax, curve, "tab:blue", 0.25, "loss of each step")
     if curve.steps >= WINDOW:
-        mean_label = f"running mean over {WINDOW} steps (last: {curve.last_mean:.4f})"
+        mean_label = f"running mean over {WINDOW} steps (last: {loss_text(curve.last_mean)})"
     else:
-        mean_label = f"running mean of the steps so far (all {curve.steps}: {curve.last_mean:.4f})"
+        mean_label = f"running mean of the steps so far (all {curve.steps}: {loss_text(curve.last_mean)})"
     if curve.diverged_step is not None:
         mean_label += f" (diverged at step {curve.diverged_step})"
     ax.plot(*curve.mean, color="tab:blue", linewidth=2.0, label=mean_label)
+    levels = []
     if val:
         val_x, val_y = thin(np.array([s for s, _ in val]), np.array([v for _, v in val]))
+        val_y = np.clip(val_y, -MAX_Y, MAX_Y)  # as the losses are: matplotlib fails near the largest float
         ax.plot(val_x, val_y, color="tab:orange", marker="o" if len(val_x) <= MAX_MARKED else None,
-                linewidth=1.5, label=f"validation loss (last: {val[-1][1]:.4f})")
-    levels = []
+                linewidth=1.5, label=f"validation loss (last: {loss_text(val[-1][1])})")
+        finite = val_y[np.isfinite(val_y)]
+        if len(finite) and curve.diverged_step is None:  # the validation losses belong in the range, like the mean
+            levels += [float(finite.min()), float(finite.max())]
     if "vocab_size" in run:
         draw_uniform(ax, [run["vocab_size"]])
         levels.append(curve.level)
-    if val and curve.diverged_step is None:  # the validation losses belong in the range, like the mean
-        finite = val_y[np.isfinite(val_y)]
-        levels += [float(finite.min()), float(finite.max())] if len(finite) else []
     set_ylim(ax, [curve], levels, args)
     mark_divergence(ax, curve, "tab:blue")
-    data = Path(run["data"]).name if run.get("data") else Path(args.metrics).name
-    set_title(ax, f"{run.get('engine', 'unknown')} engine on {data}" + (f", {which}" if which else ""),
-              describe_config(run))
+    set_title(ax, title, describe_config(run))
     add_legend(ax)
     save_figure(fig, output)
-    ending = (f"final running mean {curve.last_mean:.4f}" if curve.steps >= WINDOW
-              else f"{mean_phrase(curve.steps, WINDOW)} {curve.last_mean:.4f}")
-    if curve.diverged_step is not None:
-        ending += f", diverged at step {curve.diverged_step}: {curve.diverged_why}"
-    print(f"wrote {output} ({which + ', ' if which else ''}{curve.steps} steps, {ending})")
-    return 0

@@ -4,23 +4,26 @@ One document's loss is noisy, so a run is drawn twice: every step's loss, faint,
 mean. ln(vocab_size), the loss of a model that guesses uniformly among the tokens, is the level a
 trained model must end up below, and twice that level is where a run counts as diverged. A run of
 a million steps is reduced before drawing to what the figure can show: the lowest and highest loss
-of each pixel column, and the running mean (computed on every step) at a few thousand steps.
-Figures are drawn on matplotlib's Agg canvas, imported only when a figure is made, and written
-atomically.
+of each pixel column, drawn as a band, and the running mean (computed on every step) at a few
+thousand steps. Figures are drawn on matplotlib's Agg canvas, imported only when a figure is made,
+and written atomically.
 
 Exports: `Curve`, `reduce_run`, `running_mean`, `envelope`, `thin`, `diverged_from`, `uniform_level`,
-`check_output`, `new_figure`, `save_figure`, `draw_uniform`, `mark_divergence`, `fit_ylim`,
+`check_output`, `new_figure`, `save_figure`, `draw_raw`, `draw_uniform`, `mark_divergence`, `fit_ylim`,
 `set_ylim`, `axis_arguments`, `check_axis_arguments`, `set_title`, `add_legend`, `describe_config`,
-`mean_phrase`, `IMAGE_TYPES`, `WINDOW`, `DIVERGED`.
+`mean_phrase`, `loss_text`, `plain`, `quiet_numbers`, `IMAGE_TYPES`, `WINDOW`, `COLUMNS`, `MAX_POINTS`,
+`DIVERGED`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,9 +42,10 @@ IMAGE_TYPES = (".png", ".pdf", ".svg")
 FIGSIZE = (10.0, 6.0)  # inches
 DPI = 120  # so a PNG is 1200 x 720 pixels
 WINDOW = 100
-COLUMNS = 1500  # more than the plot area's ~1100 pixel columns, so a PDF or SVG zoomed in still looks whole
-MAX_POINTS = 2 * COLUMNS  # a curve with more points than this is reduced before drawing
+COLUMNS = 1200  # about the plot area's width in pixels: a raw curve of more points is drawn as a band
+MAX_POINTS = 2000  # a smooth curve of more points is drawn at every k-th
 DIVERGED = 2.0  # a running mean that ends above DIVERGED * ln(vocab_size) is a diverged run
+MAX_Y = 1e200  # the largest loss drawn or framed as it is (a log axis ticks decades beyond its frame)
 TITLE_WIDTH = 110  # characters of an 11-point title that fit the figure's width
 
 
@@ -61,13 +65,17 @@ def running_mean(values: Sequence[float] | np.ndarray, window: int) -> np.ndarra
     if not n:
         return np.empty(0)
     finite = np.isfinite(v)
+    big = float(np.abs(v[finite]).max()) if finite.any() else 0.0
+    # Losses near the largest float would overflow their sums: scale them by a power of two, which is exact.
+    exponent = math.frexp(big)[1] if big > 1e300 else 0
+    scaled = np.where(finite, np.ldexp(v, -exponent), 0.0)
     # Cumulative sums of values minus their mean stay small, so a million steps lose no precision
     # in the difference of two sums.
-    shift = float(v[finite].mean()) if finite.any() else 0.0
-    sums = np.concatenate(([0.0], np.cumsum(np.where(finite, v - shift, 0.0))))
+    shift = float(scaled[finite].mean()) if finite.any() else 0.0
+    sums = np.concatenate(([0.0], np.cumsum(np.where(finite, scaled - shift, 0.0))))
     end = np.arange(1, n + 1)
     start = np.maximum(end - window, 0)
-    out = shift + (sums[end] - sums[start]) / (end - start)
+    out = np.ldexp(shift + (sums[end] - sums[start]) / (end - start), exponent)
     if not finite.all():
         def held(mask: np.ndarray) -> np.ndarray:  # does each window hold a value of `mask`?
             counts = np.concatenate(([0], np.cumsum(mask)))
@@ -79,26 +87,28 @@ def running_mean(values: Sequence[float] | np.ndarray, window: int) -> np.ndarra
     return out
 
 
-def envelope(x: np.ndarray, y: np.ndarray, columns: int = COLUMNS) -> tuple[np.ndarray, np.ndarray]:
-    """The points to draw for a raw curve: all of them if few, else the lowest and highest finite
-    value of each of `columns` runs of consecutive points, in step order, which draws the same picture.
+def envelope(x: np.ndarray, y: np.ndarray, columns: int = COLUMNS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The band that many points draw: `y` split into `columns` runs of consecutive points, each giving
+    its first and last `x` with its lowest and highest finite `y` (columns with none are left out).
+
+    Returns (x, low, high), two entries per column. Drawn filled, it shows what every point drawn as a
+    line would, at a fraction of the cost: a line that zigzags across each pixel column costs the
+    renderer memory for every pixel it crosses.
     """
     n = len(y)
-    if n <= 2 * columns:
-        return x, y
-    per = -(-n // columns)  # points per column
+    per = max(1, -(-n // columns))  # points per column
     rows = -(-n // per)
     padded = np.full(rows * per, np.nan)
     padded[:n] = y
     grid = padded.reshape(rows, per)  # (rows, per)
     finite = np.isfinite(grid)
-    low = np.where(finite, grid, np.inf).argmin(axis=1)
-    high = np.where(finite, grid, -np.inf).argmax(axis=1)
+    low = np.where(finite, grid, np.inf).min(axis=1)
+    high = np.where(finite, grid, -np.inf).max(axis=1)
     keep = finite.any(axis=1)
-    base = np.arange(rows)[keep] * per
-    low, high = base + low[keep], base + high[keep]
-    idx = np.stack([np.minimum(low, high), np.maximum(low, high)], axis=1).ravel()  # (2 * kept rows,)
-    return x[idx], y[idx]
+    first = np.arange(rows) * per
+    last = np.minimum(first + per, n) - 1
+    edges = np.stack([x[first], x[last]], axis=1)[keep].ravel()  # (2 * kept rows,)
+    return edges, np.repeat(low[keep], 2), np.repeat(high[keep], 2)
 
 
 def thin(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -137,10 +147,8 @@ class Curve:
     """One run's loss, reduced to what a figure draws and what a table prints."""
 
     steps: int  # steps logged
-    last_step: int
-    raw: tuple[np.ndarray, np.ndarray]  # (steps, losses) to draw, up to the last finite loss
+    raw: tuple[np.ndarray, ...]  # up to the last finite loss: (steps, losses), or a band (steps, low, high)
     mean: tuple[np.ndarray, np.ndarray]  # (steps, running means) to draw, up to the last finite one
-    window: int
     final: float  # the last loss
     last_mean: float  # the mean of the last `window` losses, or of all of them if fewer
     low: float  # the lowest finite loss (nan if none)
@@ -161,25 +169,25 @@ def reduce_run(metrics: Metrics, window: int) -> Curve:
     level = uniform_level(metrics.run["vocab_size"]) if "vocab_size" in metrics.run else None
     start = diverged_from(losses, mean, level)
     finite = np.isfinite(losses)
-    tail = losses[-window:]
     curve = Curve(
-        steps=len(losses), last_step=int(steps[-1]), window=window, final=float(losses[-1]),
-        last_mean=math.fsum(tail.tolist()) / len(tail) if np.isfinite(tail).all() else float(mean[-1]),
+        steps=len(losses), final=float(losses[-1]), last_mean=_tail_mean(losses, mean, window),
         low=float(losses[finite].min()) if finite.any() else math.nan, time=float(times[-1]), level=level,
-        raw=envelope(*_to_last_finite(steps, losses)), mean=thin(*_to_last_finite(steps, mean)))
+        raw=_raw(*_to_last_finite(steps, losses)), mean=thin(*_to_last_finite(steps, mean)))
     # The y range fits the bulk of the losses and the whole mean; a diverged run only up to its divergence.
     if start is None:
         raw = losses[finite]
         smooth = mean[np.isfinite(mean)]
         if len(raw):
-            lo, hi = np.quantile(raw, [0.005, 0.995])
+            # Quantiles that are losses of the run, not interpolated between two (which could overflow).
+            lo, hi = np.quantile(raw, 0.005, method="lower"), np.quantile(raw, 0.995, method="higher")
             curve.fit = (min(float(lo), float(smooth.min())), max(float(hi), float(smooth.max())))
     else:
         curve.diverged_step = int(steps[start])
         curve.diverged_mean = float(mean[start])
         after = losses[start:]
-        if not np.isfinite(after).all():
-            curve.diverged_why = "its loss became " + ("nan" if np.isnan(after).any() else "inf")
+        bad = after[~np.isfinite(after)]
+        if len(bad):
+            curve.diverged_why = f"its loss became {bad[0]}"
         else:
             curve.diverged_why = (f"its running mean over {window} steps went above {DIVERGED:g} x "
                                   f"ln({metrics.run['vocab_size']}) = {DIVERGED * level:.2f}")
@@ -189,11 +197,53 @@ def reduce_run(metrics: Metrics, window: int) -> Curve:
     return curve
 
 
+def _tail_mean(losses: np.ndarray, mean: np.ndarray, window: int) -> float:
+    """The mean of the last `window` losses, summed exactly; the running mean's last value where that cannot be."""
+    tail = losses[-window:]
+    if np.isfinite(tail).all():
+        try:
+            return math.fsum(tail.tolist()) / len(tail)
+        except OverflowError:  # losses near the largest float
+            pass
+    return float(mean[-1])
+
+
+def _raw(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every point while there are about as many as pixel columns, else their band."""
+    return (x, y) if len(y) <= COLUMNS else envelope(x, y)
+
+
 def _to_last_finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A diverged run is drawn up to its last finite point."""
+    """A diverged run is drawn up to its last finite point; beyond ±MAX_Y it is drawn at ±MAX_Y, far out of
+    any frame, since matplotlib's transforms fail on values near the largest float."""
     finite = np.flatnonzero(np.isfinite(y))
     end = int(finite[-1]) + 1 if len(finite) else 0
-    return x[:end], y[:end]
+    return x[:end], np.clip(y[:end], -MAX_Y, MAX_Y)
+
+
+def plain(value: Any) -> Any:
+    """Text from a file or the command line, safe to draw and print: a lone surrogate (a name that was not
+    UTF-8) is written as its escape, in strings anywhere inside `value`."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+@contextlib.contextmanager
+def quiet_numbers() -> Iterator[None]:
+    """Drawing losses near the largest float makes numpy and matplotlib warn of overflows they survive."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def loss_text(value: float) -> str:
+    """A loss as the table and legends print it: 4 decimals, or 4 significant digits when it is huge."""
+    return f"{value:.4f}" if not abs(value) >= 1e6 else f"{value:.4g}"
 
 
 def mean_phrase(steps: int, window: int) -> str:
@@ -255,6 +305,14 @@ def draw_uniform(ax: Axes, vocab_sizes: Sequence[int]) -> None:
                    label=f"uniform guess ln({vocab_size}) = {level:.3f}")
 
 
+def draw_raw(ax: Axes, curve: Curve, color: str, alpha: float, label: str = "_nolegend_") -> None:
+    """A run's loss of each step, faint: a line, or for a long run the band of each pixel column."""
+    if len(curve.raw) == 2:
+        ax.plot(*curve.raw, color=color, alpha=alpha, linewidth=0.8, label=label)
+    else:
+        ax.fill_between(*curve.raw, color=color, alpha=alpha, linewidth=0, label=label)
+
+
 def mark_divergence(ax: Axes, curve: Curve, color: str) -> None:
     """A cross where a diverged run's mean left the safe range; on the frame's top edge if that is above it."""
     if curve.diverged_step is None:
@@ -281,16 +339,22 @@ def fit_ylim(curves: Sequence[Curve], levels: Sequence[float], logy: bool = Fals
         if not positive:
             return None
         bottom = max(bottom, min(positive))
-        ratio = (top / bottom) ** 0.05 if top > bottom else 1.1
-        return bottom / ratio, top * ratio
-    margin = 0.05 * (top - bottom) or 0.1
-    return bottom - margin, top + margin
+        ratio = math.exp(0.05 * (math.log(top) - math.log(bottom))) if top > bottom else 1.1
+        bottom, top = max(bottom / ratio, 1 / MAX_Y), top * ratio
+    else:
+        margin = (0.05 * top - 0.05 * bottom) or 0.1  # not 0.05 * (top - bottom), which can overflow
+        bottom, top = bottom - margin, top + margin
+    # matplotlib's transforms fail on ranges near the largest float: such a range is clipped.
+    bottom, top = max(bottom, -MAX_Y), min(top, MAX_Y)
+    return (bottom, top) if bottom < top else None
 
 
 def set_ylim(ax: Axes, curves: Sequence[Curve], levels: Sequence[float], args: argparse.Namespace) -> None:
     """--logy and --ylim as given, else the fitted range."""
     if args.logy:
-        ax.set_yscale("log")
+        with warnings.catch_warnings():  # losses of 0 or less cannot be shown on it, and need no warning
+            warnings.simplefilter("ignore")
+            ax.set_yscale("log")
     limits = tuple(args.ylim) if args.ylim else fit_ylim(curves, levels, args.logy)
     if limits:
         ax.set_ylim(*limits)
@@ -299,8 +363,8 @@ def set_ylim(ax: Axes, curves: Sequence[Curve], levels: Sequence[float], args: a
 def axis_arguments(parser: argparse.ArgumentParser) -> None:
     """--ylim and --logy, as plot and compare take them."""
     parser.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"),
-                        help="the loss range to show (default: fit the runs that did not diverge, and the "
-                        "uniform guess)")
+                        help="the loss range to show (default: fit the losses and the uniform guess, leaving "
+                        "out a diverged run's climb)")
     parser.add_argument("--logy", action="store_true", help="a logarithmic loss axis")
 
 
@@ -309,9 +373,9 @@ def check_axis_arguments(args: argparse.Namespace) -> None:
     if not args.ylim:
         return
     lo, hi = args.ylim
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise UserError(f"--ylim {lo:g} {hi:g} is not a range: pass two finite numbers, the lower first, "
-                        "such as --ylim 2 4")
+    if not (-MAX_Y <= lo < hi <= MAX_Y):  # nan compares false, so it is refused here too
+        raise UserError(f"--ylim {lo:g} {hi:g} is not a range: pass two numbers, the lower first, between "
+                        f"-{MAX_Y:g} and {MAX_Y:g}, such as --ylim 2 4")
     if args.logy and lo <= 0:
         raise UserError(f"--ylim {lo:g} {hi:g} with --logy: a logarithmic axis needs LO above 0, such as --ylim 1 100")
 
