@@ -31,7 +31,9 @@ def sample_probs(logits: list[float], temperature: float, top_k: int = 0) -> lis
         scaled = [z if z >= cutoff else -math.inf for z in scaled]
     max_val = max(scaled)
     exps = [math.exp(z - max_val) for z in scaled]
-    total = sum(exps)
+    total = 0.0
+    for e in exps:  # left to right (SPEC 9): Python 3.12's sum() of floats compensates its rounding
+        total += e
     return [e * total ** -1 for e in exps]
 
 

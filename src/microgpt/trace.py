@@ -31,9 +31,9 @@ TOP = 5  # likeliest next tokens shown per position
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
-    parser.description = ("One prediction, inside (chapters 4 and 5.2-5.4): feed a text to a checkpoint's model and "
-                          "show, for every position, the input, the target, p(target), the loss and the five "
-                          "likeliest next tokens; --attention-png draws the attention weights of every head.")
+    parser.description = ("One prediction, inside (chapter 4, and chapter 5.2-5.4): feed a text to a checkpoint's "
+                          "model and show, for every position, the input, the target, p(target), the loss and the "
+                          "five likeliest next tokens; --attention-png draws the attention weights of every head.")
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="a checkpoint folder (train --out DIR)")
     parser.add_argument("--text", required=True, metavar="TEXT", help="the text to trace, e.g. emma (lines mode: "
                         "one document, wrapped in BOS; text mode: a stretch of text, at least 2 characters)")

@@ -10,7 +10,7 @@
  * A matrix is {rows, cols, data}, data row-major (a Float64Array, or a Float32Array when the
  * page keeps a large model's weights in single precision; the arithmetic is double either way).
  *
- * Exports (globals): linear, softmax, rmsnorm, relu, GPT, sampleProbs, pythonSum, sampleDocument,
+ * Exports (globals): linear, softmax, rmsnorm, relu, GPT, sampleProbs, sumLeftToRight, sampleDocument,
  * continueText.
  */
 "use strict";
@@ -140,7 +140,8 @@ class GPT {
       perPosition.push(layers);
     });
     const attention = Array.from({ length: this.config.n_layer }, (_, li) =>
-      Array.from({ length: this.config.n_head }, (_, h) => perPosition.map((layers) => layers[li][h])));
+      Array.from({ length: this.config.n_head }, (_, h) => perPosition.map((layers) => layers[li][h])),
+    );
     return { logits, attention };
   }
 
@@ -157,23 +158,15 @@ class GPT {
 
 // --- chapter 6: sampling ---------------------------------------------------------------------
 
-/**
- * Python's sum() of floats: left to right from 0; Python 3.12 and later add Neumaier's running
- * compensation (the page is told which Python wrote it, and so which one `microgpt sample` runs).
- */
-function pythonSum(values, compensated) {
+/** A sum left to right from 0, as every sum of the book (SPEC 9) and sample.sample_probs. */
+function sumLeftToRight(values) {
   let total = 0;
-  let c = 0;
-  for (const x of values) {
-    const t = total + x;
-    if (compensated) c += Math.abs(total) >= Math.abs(x) ? (total - t) + x : (x - t) + total;
-    total = t;
-  }
-  return compensated && c !== 0 && Number.isFinite(c) ? total + c : total;
+  for (const x of values) total += x;
+  return total;
 }
 
 /** softmax(logits / temperature), optionally restricted to the topK likeliest tokens (sample.sample_probs). */
-function sampleProbs(logits, temperature, topK = 0, compensated = false) {
+function sampleProbs(logits, temperature, topK = 0) {
   let scaled = logits.map((logit) => logit * temperature ** -1);
   if (topK > 0 && topK < scaled.length) {
     const cutoff = [...scaled].sort((a, b) => (a > b ? -1 : a < b ? 1 : 0))[topK - 1];
@@ -182,7 +175,7 @@ function sampleProbs(logits, temperature, topK = 0, compensated = false) {
   let maxVal = -Infinity;
   for (const z of scaled) if (z > maxVal) maxVal = z;
   const exps = scaled.map((z) => Math.exp(z - maxVal));
-  const total = pythonSum(exps, compensated);
+  const total = sumLeftToRight(exps);
   return exps.map((e) => e * total ** -1);
 }
 
@@ -191,7 +184,7 @@ function sampleProbs(logits, temperature, topK = 0, compensated = false) {
  * as given, then one draw per position until BOS or block_size. Returns the token ids drawn.
  * `onDraw(posId, probs, tokenId)` sees every draw (the tests use it to find close calls).
  */
-function sampleDocument(model, rng, temperature, topK, promptIds, bos, compensated = false, onDraw = null) {
+function sampleDocument(model, rng, temperature, topK, promptIds, bos, onDraw = null) {
   const { keys, values } = model.newCache();
   let tokenId = bos;
   const out = [];
@@ -200,7 +193,7 @@ function sampleDocument(model, rng, temperature, topK, promptIds, bos, compensat
     if (posId < promptIds.length) {
       tokenId = promptIds[posId]; // the prompt is given, not drawn
     } else {
-      const probs = sampleProbs(logits, temperature, topK, compensated);
+      const probs = sampleProbs(logits, temperature, topK);
       tokenId = rng.choices(probs);
       if (onDraw) onDraw(posId, probs, tokenId);
       if (tokenId === bos) break;
@@ -215,7 +208,7 @@ function sampleDocument(model, rng, temperature, topK, promptIds, bos, compensat
  * tokens; beyond block_size the context is cropped and run afresh. BOS, unused in text mode, is
  * never drawn. A generator: it yields each new token id, so the page can draw without freezing.
  */
-function* continueText(model, rng, temperature, maxTokens, topK, promptIds, bos, compensated = false) {
+function* continueText(model, rng, temperature, maxTokens, topK, promptIds, bos) {
   const blockSize = model.config.block_size;
   const context = promptIds.slice(-blockSize);
   const { keys, values } = model.newCache();
@@ -228,7 +221,7 @@ function* continueText(model, rng, temperature, maxTokens, topK, promptIds, bos,
       logits = model.windowLogits(context.slice(-blockSize));
     }
     logits[bos] = -Infinity; // BOS is unused in text mode
-    const tokenId = rng.choices(sampleProbs(logits, temperature, topK, compensated));
+    const tokenId = rng.choices(sampleProbs(logits, temperature, topK));
     context.push(tokenId);
     yield tokenId;
   }
