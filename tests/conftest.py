@@ -36,6 +36,7 @@ from microgpt.sample import sample
 from microgpt.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 TESTS = ROOT / "tests"
 FIXTURES = TESTS / "fixtures"
 NAMES = names_path()  # the packaged dataset, checked against its pinned sha256
@@ -74,6 +75,11 @@ def engine_marks(name: str) -> list:
 def engine_params(engines=tuple(ENGINES)) -> list:
     """pytest params over the registry; the torch engine carries the `torch` mark and skips without PyTorch."""
     return [pytest.param(name, marks=engine_marks(name), id=name) for name in engines]
+
+
+def available_engines() -> list[str]:
+    """The registry's engines this machine can run (under CI, all of them: a missing one must fail there)."""
+    return [name for name in ENGINES if name != "torch" or has_torch() or IN_CI]
 
 
 def requires_torch(test: Callable) -> Callable:
@@ -120,7 +126,8 @@ def assert_one_line_error(proc, *words: str, code: int = 2, prefix: str = r"micr
 
 def samples_of(stdout: str) -> list[str]:
     """The samples a train or sample command printed, without their numbers."""
-    return [line.split(": ", 1)[1] if ": " in line else "" for line in stdout.splitlines() if line.startswith("sample ")]
+    return [line.split(": ", 1)[1] if ": " in line else ""
+            for line in stdout.splitlines() if line.startswith("sample ")]
 
 
 def step_records(path: Path) -> list[dict]:

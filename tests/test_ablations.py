@@ -11,24 +11,12 @@ import random
 
 import numpy as np
 import pytest
-from conftest import NAMES
+from conftest import SMALL, LossRecorder, engine_params, start_run
 
 from microgpt.config import Config
-from microgpt.data import load_docs, shuffled
 from microgpt.engines import create_engine
 from microgpt.optim import learning_rate
-from microgpt.tokenizer import Tokenizer
-from microgpt.train import batch_docs, train
-
-ENGINES = ["scalar", "numpy", "torch"]
-SMALL = dict(n_embd=8, n_head=2, block_size=8)
-
-
-def _setup(engine_name: str, config: Config):
-    rng = random.Random(config.seed)
-    docs = shuffled(load_docs(NAMES), rng)
-    tokenizer = Tokenizer.from_docs(docs)
-    return create_engine(engine_name, config, tokenizer.vocab_size, rng), docs, tokenizer
+from microgpt.train import train
 
 
 def _flat(rows_by_name: dict) -> np.ndarray:
@@ -44,21 +32,33 @@ def _grad_at(engine_name: str, config: Config, weights: dict, tokens: list[int],
     return _flat(fresh.optimizer_state()["grad"])
 
 
+class History(LossRecorder):
+    """Records every step's loss and the weights after it (history[0]: the initial weights)."""
+
+    def __init__(self, engine, stop_after: int) -> None:
+        super().__init__(stop_after)
+        self.engine = engine
+        self.weights = [engine.state_dict()]
+
+    def __call__(self, step: int, loss: float, lr: float) -> bool:
+        self.weights.append(self.engine.state_dict())
+        return super().__call__(step, loss, lr)
+
+
 def _run_steps(engine_name: str, config: Config, steps: int):
-    engine, docs, tokenizer = _setup(engine_name, config)
-    history = [engine.state_dict()]
-    losses = []
-
-    def on_step(step, loss, lr):
-        history.append(engine.state_dict())
-        losses.append(loss)
-        return step + 1 >= steps
-
-    train(engine, docs, tokenizer, config, on_step=on_step)
-    return engine, docs, tokenizer, history, losses
+    """The first `steps` steps of the training loop: the engine, the dataset, the weights before each
+    step and after the last, the losses."""
+    engine, data, _ = start_run(engine_name, config)
+    history = History(engine, steps)
+    train(engine, data, config, on_step=history)
+    return engine, data, history.weights, history.losses
 
 
-@pytest.mark.parametrize("engine_name", ENGINES)
+def _example(data, step: int) -> list[int]:
+    return data.examples(step)[0]
+
+
+@pytest.mark.parametrize("engine_name", engine_params())
 def test_zero_grad_before_is_bit_identical_to_after(engine_name):
     """5.8: zeroing before the forward pass or after the update is the same computation."""
     steps = 1000 if engine_name != "scalar" else 25
@@ -70,43 +70,60 @@ def test_zero_grad_before_is_bit_identical_to_after(engine_name):
     assert losses_a == losses_b  # exact floats, not approximately
 
 
-@pytest.mark.parametrize("engine_name", ENGINES)
+@pytest.mark.parametrize("engine_name", engine_params())
 def test_sgd_is_plain_gradient_descent(engine_name):
     config = Config(**SMALL, num_steps=10, optimizer="sgd", learning_rate=0.5)
-    engine, docs, tok, history, _ = _run_steps(engine_name, config, 3)
+    engine, data, history, _ = _run_steps(engine_name, config, 3)
     for step in range(3):
-        tokens = tok.example(batch_docs(docs, step, 1)[0])
-        g = _grad_at(engine_name, config, history[step], tokens, tok.vocab_size)
+        g = _grad_at(engine_name, config, history[step], _example(data, step), engine.vocab_size)
         expected = _flat(history[step]) - learning_rate(step, config) * g
         np.testing.assert_allclose(_flat(history[step + 1]), expected, rtol=0, atol=1e-13)
 
 
-@pytest.mark.parametrize("engine_name", ENGINES)
+@pytest.mark.parametrize("engine_name", engine_params())
 def test_adam_without_bias_correction_uses_raw_moments(engine_name):
     c = Config(**SMALL, num_steps=10, bias_correction=False)
-    engine, docs, tok, history, _ = _run_steps(engine_name, c, 3)
+    engine, data, history, _ = _run_steps(engine_name, c, 3)
     m = v = 0.0
     for step in range(3):
-        tokens = tok.example(batch_docs(docs, step, 1)[0])
-        g = _grad_at(engine_name, c, history[step], tokens, tok.vocab_size)
+        g = _grad_at(engine_name, c, history[step], _example(data, step), engine.vocab_size)
         m = c.beta1 * m + (1 - c.beta1) * g
         v = c.beta2 * v + (1 - c.beta2) * g * g
         expected = _flat(history[step]) - learning_rate(step, c) * m / (np.sqrt(v) + c.eps_adam)
         np.testing.assert_allclose(_flat(history[step + 1]), expected, rtol=0, atol=1e-12)
-    # Without the correction the first step is (1 - beta1) / sqrt(1 - beta2) = 1.5 times smaller
-    # than Adam's lr-sized first step, for every weight with a clear gradient.
 
 
-@pytest.mark.parametrize("engine_name", ENGINES)
+@pytest.mark.parametrize("engine_name", engine_params())
+def test_first_step_without_bias_correction_is_one_and_a_half_times_adams(engine_name):
+    """At step 0, m = (1 - beta1) g and v = (1 - beta2) g^2. Adam's corrected first step is lr * g / (|g| + eps),
+    about lr for every weight; the raw moments give lr * (1 - beta1) g / (sqrt(1 - beta2) |g| + eps), so
+    (1 - beta1) / sqrt(1 - beta2) = 0.15 / 0.1 = 1.5 times larger, for every weight with a clear gradient
+    (|g| well above eps / sqrt(1 - beta2) = 1e-7)."""
+    steps = {}
+    for correction in (True, False):
+        c = Config(**SMALL, num_steps=10, bias_correction=correction)
+        engine, data, history, _ = _run_steps(engine_name, c, 1)
+        steps[correction] = _flat(history[0]) - _flat(history[1])
+        g = _grad_at(engine_name, c, history[0], _example(data, 0), engine.vocab_size)
+    assert (1 - c.beta1) / math.sqrt(1 - c.beta2) == pytest.approx(1.5, rel=1e-12)
+    clear = np.abs(g) > 1e-4
+    assert clear.sum() > 0.5 * g.size  # most weights: the claim is about the typical weight
+    lr = learning_rate(0, c)
+    np.testing.assert_allclose(np.abs(steps[True][clear]), lr, rtol=1e-3)  # Adam: lr-sized
+    np.testing.assert_allclose(steps[False][clear] / steps[True][clear], 1.5, rtol=1e-3)
+    # Where the gradient is 0 (rows the document never reads) neither moves.
+    assert np.all(steps[True][g == 0] == 0) and np.all(steps[False][g == 0] == 0)
+
+
+@pytest.mark.parametrize("engine_name", engine_params())
 def test_no_zero_grad_accumulates_every_earlier_gradient(engine_name):
     """5.8's contamination: the gradient used at step t is the sum of all gradients so far."""
     c = Config(**SMALL, num_steps=10, zero_grad=False)
-    engine, docs, tok, history, _ = _run_steps(engine_name, c, 3)
+    engine, data, history, _ = _run_steps(engine_name, c, 3)
     total = 0.0
     m = v = 0.0
     for step in range(3):
-        tokens = tok.example(batch_docs(docs, step, 1)[0])
-        total = total + _grad_at(engine_name, c, history[step], tokens, tok.vocab_size)
+        total = total + _grad_at(engine_name, c, history[step], _example(data, step), engine.vocab_size)
         m = c.beta1 * m + (1 - c.beta1) * total
         v = c.beta2 * v + (1 - c.beta2) * total * total
         m_hat = m / (1 - c.beta1 ** (step + 1))
@@ -132,11 +149,61 @@ def test_learning_rate_schedules(schedule, warmup):
         assert all(learning_rate(s, c) == 0.02 * (1 - s / 100) for s in range(100))
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_min_lr_is_where_the_decay_ends(schedule):
+    c = Config(num_steps=50, learning_rate=0.02, min_lr=0.005, lr_schedule=schedule, warmup_steps=5)
+    for step in range(50):
+        if step < 5:
+            want = 0.02 * (step + 1) / 5  # warmup rises to lr, not from min_lr
+        else:
+            progress = (step - 5) / 45
+            shape = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+            want = 0.005 + (0.02 - 0.005) * shape
+        assert learning_rate(step, c) == pytest.approx(want, rel=1e-14), step
+    assert learning_rate(49, c) > 0.005 > learning_rate(49, Config(num_steps=50, learning_rate=0.02))
+
+
+# --- beyond the book: gradient clipping and decoupled weight decay -----------------------------------
+
+
+@pytest.mark.parametrize("engine_name", engine_params())
+def test_grad_clip_scales_the_gradient_to_the_limit(engine_name):
+    """With SGD the update is lr_t times the gradient used, so the clipped gradient can be read off the
+    weights: g * clip / (|g| + 1e-6) when the global norm |g| is above clip."""
+    c = Config(**SMALL, num_steps=10, optimizer="sgd", learning_rate=0.5, grad_clip=0.05)
+    engine, data, history, _ = _run_steps(engine_name, c, 2)
+    for step in range(2):
+        g = _grad_at(engine_name, c, history[step], _example(data, step), engine.vocab_size)
+        norm = math.sqrt(float(np.sum(g * g)))
+        assert norm > c.grad_clip  # the limit bites
+        used = (_flat(history[step]) - _flat(history[step + 1])) / learning_rate(step, c)
+        np.testing.assert_allclose(used, g * (c.grad_clip / (norm + 1e-6)), rtol=0, atol=1e-12)
+        assert math.sqrt(float(np.sum(used * used))) == pytest.approx(c.grad_clip, rel=1e-4)
+
+
+@pytest.mark.parametrize("engine_name", engine_params())
+def test_weight_decay_shrinks_every_weight_before_adam(engine_name):
+    """AdamW's decoupled decay: p <- p - lr_t * wd * p, then Adam's update from the undecayed gradient."""
+    c = Config(**SMALL, num_steps=10, weight_decay=0.3)
+    engine, data, history, _ = _run_steps(engine_name, c, 2)
+    m = v = 0.0
+    for step in range(2):
+        g = _grad_at(engine_name, c, history[step], _example(data, step), engine.vocab_size)
+        m = c.beta1 * m + (1 - c.beta1) * g
+        v = c.beta2 * v + (1 - c.beta2) * g * g
+        m_hat, v_hat = m / (1 - c.beta1 ** (step + 1)), v / (1 - c.beta2 ** (step + 1))
+        lr, p = learning_rate(step, c), _flat(history[step])
+        decayed = p - lr * c.weight_decay * p
+        expected = decayed - lr * m_hat / (np.sqrt(v_hat) + c.eps_adam)
+        np.testing.assert_allclose(_flat(history[step + 1]), expected, rtol=0, atol=1e-12)
+
+
 def test_ablations_change_the_run():
     """Each ablation is a different run (a flag that did nothing would pass the tests above)."""
     base = _run_steps("numpy", Config(num_steps=300), 300)[-1]
     for change in ({"optimizer": "sgd"}, {"bias_correction": False}, {"zero_grad": False},
-                   {"lr_schedule": "constant"}, {"lr_schedule": "cosine"}):
+                   {"lr_schedule": "constant"}, {"lr_schedule": "cosine"}, {"grad_clip": 0.5},
+                   {"weight_decay": 0.1}, {"min_lr": 0.001}):
         losses = _run_steps("numpy", Config(num_steps=300, **change), 300)[-1]
         assert losses[0] == base[0]  # same start
         assert losses[1:] != base[1:], change

@@ -8,47 +8,23 @@ process, since exit statuses and stderr are what the user sees.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 import os
 import random
 import re
 import signal
-import subprocess
-import sys
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NAMES
+from conftest import NAMES, assert_one_line_error, engine_marks, run_cli, run_module, step_records
 
 from microgpt.checkpoint import load_checkpoint
-from microgpt.cli import main
-from microgpt.engines import create_engine
+from microgpt.engines import ENGINES, create_engine
 
-ROOT = Path(__file__).absolute().parents[1]
-ENGINES = ["scalar", "numpy", "torch"]
 # Quick settings for the cases that do train.
 QUICK = ["--steps", "2", "--num-samples", "1", "--quiet"]
-
-
-def run_module(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "microgpt", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=300, env=env)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str, prefix: str = r"microgpt: error: ") -> str:
-    """Exit status 2, exactly one line on stderr matching `prefix` (a regex) and naming `words`, no traceback."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert re.match(prefix, lines[0]), lines[0]
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +51,43 @@ def test_sizes_must_be_positive(names_few, flag, value):
     assert_one_line_error(run_module(*args), flag, str(value))
 
 
-@pytest.mark.parametrize("value", [0, -1])
-def test_temperature_must_be_positive(names_few, value):
-    assert_one_line_error(run_module("train", "--data", names_few, *QUICK, "--temperature", value), "--temperature")
+@pytest.mark.parametrize("value", [0, -1, 0.001])
+def test_temperature_must_be_at_least_a_hundredth(names_few, value):
+    line = assert_one_line_error(run_module("train", "--data", names_few, *QUICK, "--temperature", value),
+                                 "--temperature", "at least 0.01")
+    assert "0.5" in line  # names a value that works
+
+
+def test_negative_seed_is_refused_not_folded(names_few):
+    """Python seeds from |seed|, so --seed -1 would silently be the run of seed 1."""
+    assert_one_line_error(run_module("train", "--data", names_few, *QUICK, "--seed", -1), "--seed", "-1")
+
+
+@pytest.mark.parametrize("flag,value", [("--grad-clip", -1), ("--weight-decay", -0.1), ("--min-lr", -0.001),
+                                        ("--dropout", 1), ("--eval-windows", 0)])
+def test_beyond_the_book_options_are_checked(names_few, flag, value):
+    assert_one_line_error(run_module("train", "--data", names_few, *QUICK, flag, value), flag)
+
+
+def test_min_lr_above_lr(names_few):
+    assert_one_line_error(run_module("train", "--data", names_few, *QUICK, "--min-lr", 0.1), "--min-lr", "--lr")
+
+
+@pytest.mark.parametrize("flag,value", [("--sample-every", -1), ("--stats-every", 0), ("--stats-every", "often"),
+                                        ("--keep-snapshots", "some")])
+def test_run_flags_are_checked(names_few, tmp_path, flag, value):
+    assert_one_line_error(run_module("train", "--data", names_few, *QUICK, "--out", tmp_path / "ck",
+                                     "--metrics", tmp_path / "m.jsonl", flag, value), flag)
+
+
+def test_an_engine_option_of_another_engine(names_few):
+    assert_one_line_error(run_module("train", "--data", names_few, *QUICK, "--engine", "numpy", "--dtype", "float32"),
+                          "--dtype", "--engine torch")
+
+
+def test_dropout_on_the_book_engine(names_few):
+    assert_one_line_error(run_module("train", "--data", names_few, *QUICK, "--engine", "scalar", "--dropout", 0.1),
+                          "--dropout", "scalar")
 
 
 def test_val_fraction_above_one(names_few):
@@ -110,6 +120,7 @@ ARGPARSE_PREFIX = r"microgpt( train)?: error: "
 def test_unknown_engine(names_few):
     line = assert_one_line_error(run_module("train", "--data", names_few, "--engine", "jax", *QUICK), "--engine",
                                  "'jax'", prefix=ARGPARSE_PREFIX)
+    assert len(ENGINES) >= 3
     for name in ENGINES:
         assert name in line
 
@@ -155,12 +166,29 @@ def test_metrics_in_a_missing_folder(names_few, tmp_path):
     assert not (tmp_path / "no").exists()
 
 
-def test_offline_with_nothing_cached_names_the_cache_and_data_flag(tmp_path, names_few):
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_data_url_names_it_and_the_way_out(tmp_path):
     cache = tmp_path / "cache"
-    env = {**os.environ, "MICROGPT_CACHE": str(cache), "MICROGPT_NAMES_URL": "http://127.0.0.1:9/x"}
-    line = assert_one_line_error(run_module("train", *QUICK, env=env), "--data")
-    assert str(cache / "names.txt") in line
-    assert not (cache / "names.txt").exists()
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["MICROGPT_CACHE"] = str(cache)
+    url = f"http://127.0.0.1:{closed_port()}/names.txt"
+    line = assert_one_line_error(run_module("train", "--data", url, *QUICK, env=env), url, "--data FILE")
+    assert "cannot download" in line
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_sha256_of_another_file(names_few):
+    assert_one_line_error(run_module("train", "--data", names_few, "--sha256", "0" * 64, *QUICK), str(names_few),
+                          "--sha256")
+
+
+def test_sha256_without_data(names_few):
+    assert_one_line_error(run_module("train", "--sha256", "0" * 64, *QUICK), "--sha256", "--data URL")
 
 
 def test_a_document_longer_than_block_size_is_truncated_not_an_error(tmp_path):
@@ -174,23 +202,23 @@ def test_a_document_longer_than_block_size_is_truncated_not_an_error(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert "sample  2: " in proc.stdout
-    assert all(math.isfinite(json.loads(line)["loss"]) for line in metrics.read_text().splitlines()[1:])
+    assert [r["step"] for r in step_records(metrics)] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in step_records(metrics))
 
 
 # --- a run that diverges -------------------------------------------------------------------------
 
 
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
+# Product bug: the matrix statistics a metrics file gets by default square the weights
+# (NumpyEngine._sum_squares, `flat * flat`) outside np.errstate, so weights near 1e306 print numpy's
+# "RuntimeWarning: overflow encountered in multiply" (two lines) before the one-line message.
+STATS_OVERFLOW = pytest.mark.xfail(strict=True, reason="NumpyEngine._sum_squares warns on overflow: stderr gets "
+                                   "numpy's RuntimeWarning besides the one-line divergence message")
+DIVERGING = [pytest.param(engine, "50", marks=engine_marks(engine), id=f"{engine}-lr50") for engine in ENGINES] + [
+    pytest.param("numpy", "1e306", marks=[STATS_OVERFLOW], id="numpy-lr1e306")]
 
 
-DIVERGING = [(engine, "50") for engine in ENGINES] + [("numpy", "1e306")]
-
-
-@pytest.mark.parametrize("engine,lr", DIVERGING, ids=[f"{e}-lr{lr}" for e, lr in DIVERGING])
+@pytest.mark.parametrize("engine,lr", DIVERGING)
 def test_divergence_exits_1_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, engine, lr):
     """Plain SGD with lr 50 blows the loss up within a few steps on every engine; with lr 1e306 the
     first update already overflows the weights while the loss that step is still finite."""
@@ -205,7 +233,7 @@ def test_divergence_exits_1_naming_the_step_and_keeps_the_last_good_checkpoint(t
     assert "lower --lr" in lines[0]
     assert "sample" not in proc.stdout
 
-    logged = [json.loads(line) for line in metrics.read_text().splitlines()[1:]]
+    logged = step_records(metrics)
     assert [r["step"] for r in logged] == list(range(1, step))  # every step before the diverged one
     assert all(math.isfinite(r["loss"]) for r in logged)
     checkpoint = load_checkpoint(ck)

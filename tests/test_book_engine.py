@@ -1,34 +1,21 @@
-"""The golden end-to-end test: the book engine's default run reproduces SPEC section 8.
+"""The book engine (`microgpt.engines.scalar`) as a whole: a run is a pure function of its config.
 
-The 1000-step run comes from conftest's session fixture `book_run`, computed once per test
-session. The short runs below check determinism without it.
+Its numbers against the golden figures, including the faithful 1,000-step run of SPEC section 8,
+are checked with every other engine's in test_parity.py. What is left here is the book engine's
+own: determinism, the seed, the cycle collector it pauses, and the options it refuses.
 """
 
 from __future__ import annotations
 
+import gc
+import random
+
 import pytest
-from conftest import SPEC_FIRST_LOSSES, SPEC_LAST_LOSS, SPEC_SAMPLES, default_run
+from conftest import SPEC_FIRST_LOSSES, default_run
 
 from microgpt.config import Config
-
-
-@pytest.mark.slow
-def test_default_run_reproduces_the_spec_figures(book_run):
-    losses = book_run["losses"]
-    # A full-precision record, for comparing engines by eye (pytest -s shows it); the
-    # assertions below are against SPEC only.
-    print("\nbook engine losses 1-5:", ", ".join(repr(x) for x in losses[:5]))
-    print(f"book engine loss {len(losses)}: {losses[-1]!r}")
-
-    assert len(book_run["docs"]) == 32033
-    assert book_run["tokenizer"].vocab_size == 27
-    assert book_run["engine"].num_params == 4192
-    assert len(book_run["engine"].params) == 4192
-    assert len(losses) == 1000
-    # SPEC gives each figure rounded to 4 decimals.
-    assert [round(x, 4) for x in losses[:5]] == SPEC_FIRST_LOSSES
-    assert round(losses[999], 4) == SPEC_LAST_LOSS
-    assert book_run["samples"] == SPEC_SAMPLES
+from microgpt.engines.scalar import ScalarEngine, no_cycle_collection
+from microgpt.errors import UserError
 
 
 def short_run(**overrides) -> dict:
@@ -49,3 +36,34 @@ def test_a_different_seed_gives_a_different_run():
     base, other = short_run(), short_run(seed=43)
     assert len(other["losses"]) == 5
     assert all(a != b for a, b in zip(base["losses"], other["losses"]))
+
+
+def test_no_cycle_collection_pauses_and_restores_the_collector():
+    assert gc.isenabled()
+    with no_cycle_collection():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with no_cycle_collection():
+            pass
+        assert not gc.isenabled()  # a collector the caller had switched off stays off
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), no_cycle_collection():
+        raise RuntimeError("the collector comes back on the way out of an error too")
+    assert gc.isenabled()
+
+
+def test_the_book_engine_has_no_dropout():
+    with pytest.raises(UserError, match="scalar engine has no dropout"):
+        ScalarEngine(Config(dropout=0.1), 27, random.Random(0))
+
+
+def test_its_parameters_are_the_book_values_the_optimizer_updates():
+    engine = ScalarEngine(Config(n_embd=8, n_head=2, block_size=8), 9, random.Random(1))
+    assert len(engine.params) == engine.num_params == sum(len(r) * len(r[0]) for r in engine.state_dict().values())
+    # The flat list is the state dict's Values themselves, in the layout's order.
+    flat = [p for mat in engine.params_by_name.values() for row in mat for p in row]
+    assert all(a is b for a, b in zip(flat, engine.params, strict=True))
+    assert engine.optimizer.params is engine.params

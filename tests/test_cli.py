@@ -3,7 +3,8 @@ chapter-7 flags (validation, warmup, batches) against references computed here f
 formulas and from the training loop called directly.
 
 Most tests call `microgpt.cli.main` in-process; the ones about the real process (`python -m`,
-what a pipe or a terminal receives) start a subprocess.
+what a pipe or a terminal receives) start a subprocess. Every engine's numbers through this
+command are checked in test_parity.py; here the default engine stands for all of them.
 """
 
 from __future__ import annotations
@@ -12,66 +13,49 @@ import json
 import math
 import os
 import pty
-import random
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import NAMES, SPEC_FIRST_LOSSES
+from conftest import (
+    NAMES,
+    ROOT,
+    SMALL,
+    SMALL_FLAGS,
+    SPEC_FIRST_LOSSES,
+    LossRecorder,
+    run_cli,
+    run_module,
+    samples_of,
+    start_run,
+    trajectory,
+    write_docs,
+)
 
 import microgpt
 from microgpt.cli import COMMANDS, main
 from microgpt.config import Config
-from microgpt.data import load_docs, shuffled
-from microgpt.engines import create_engine
+from microgpt.data import load_docs
 from microgpt.optim import learning_rate
-from microgpt.tokenizer import Tokenizer
-from microgpt.train import train
-
-ROOT = Path(__file__).absolute().parents[1]
-ENGINES = ["scalar", "numpy", "torch"]
-# The scalar engine is the book's, one Value per number: a small model keeps its tests quick.
-SMALL = ["--n-embd", "8", "--n-head", "2", "--block-size", "8"]
+from microgpt.train import mean_loss, train
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `microgpt ARGS` in this process; (exit status, stdout, stderr)."""
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def run_module(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    """`python -m microgpt ARGS` as a separate process, stdout and stderr captured as text."""
-    return subprocess.run([sys.executable, "-m", "microgpt", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=300, env=env, **kwargs)
-
-
-def read_steps(path: Path) -> tuple[dict, list[dict]]:
-    """The run header and the step records of a metrics file."""
+def read_steps(path) -> tuple[dict, list[dict]]:
+    """The run header and the step records of a metrics file that holds one run."""
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert records[0]["type"] == "run"
     assert all(r["type"] == "step" for r in records[1:])
     return records[0], records[1:]
 
 
-def reference_losses(engine_name: str, config: Config, data: Path = NAMES) -> tuple[list[float], list[str]]:
-    """The per-step losses of the training loop called directly (no CLI), and the shuffled docs."""
-    rng = random.Random(config.seed)
-    docs = shuffled(load_docs(data), rng)
-    tokenizer = Tokenizer.from_docs(docs)
-    engine = create_engine(engine_name, config, tokenizer.vocab_size, rng)
-    losses: list[float] = []
-    train(engine, docs, tokenizer, config, on_step=lambda step, loss, lr: losses.append(loss) and False)
+def reference_losses(engine_name: str, config: Config, data=None) -> list[float]:
+    """The per-step losses of the training loop called directly (no CLI)."""
+    engine, dataset, _ = start_run(engine_name, config, data)
+    recorder = LossRecorder()
+    train(engine, dataset, config, on_step=recorder)
     engine.close()
-    return losses, docs
-
-
-def write_docs(path: Path, docs: list[str]) -> Path:
-    path.write_text("".join(d + "\n" for d in docs), encoding="utf-8")
-    return path
+    return recorder.losses
 
 
 # --- help ----------------------------------------------------------------------------------
@@ -128,9 +112,18 @@ def test_train_help_shows_the_book_defaults(capsys):
 # --- the faithful run, as a process ----------------------------------------------------------
 
 
+def test_train_help_as_a_user_runs_it():
+    proc = run_module("train", "--help")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-300:]
+    assert proc.stdout.startswith("usage: microgpt train")
+
+
 def test_python_m_microgpt_train_prints_the_book_figures():
-    """A pipe is not a terminal: plain lines only, no carriage returns or escape codes."""
-    proc = run_module("train", "--data", NAMES, "--steps", 3)
+    """A pipe is not a terminal: plain lines only, no carriage returns or escape codes. The names
+    dataset ships with the package: no --data, no network."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")  # any download would fail
+    proc = run_module("train", "--steps", 3, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[:3] == ["num docs: 32033", "vocab size: 27", "num params: 4192"]
@@ -172,23 +165,22 @@ def test_progress_on_a_terminal_redraws_one_line(tmp_path):
 # --- the metrics file ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_metrics_hold_the_engine_losses_at_full_precision(capsys, tmp_path, engine):
+def test_metrics_hold_the_losses_at_full_precision(tmp_path):
     steps = 4
     metrics = tmp_path / "m.jsonl"
-    rc, out, err = cli(capsys, "train", "--data", NAMES, "--engine", engine, "--steps", steps, "--metrics", metrics,
-                       "--num-samples", 1)
+    rc, out, err = run_cli("train", "--steps", steps, "--metrics", metrics, "--num-samples", 1)
     assert rc == 0, err
     header, records = read_steps(metrics)
-    config = Config(num_steps=steps, num_samples=1)
-    assert header["engine"] == engine
+    config = Config(num_steps=steps, num_samples=1).validate()
+    assert header["engine"] == "numpy"  # the default
     assert header["config"] == config.to_dict()
     assert header["vocab_size"] == 27 and header["num_params"] == 4192 and header["num_docs"] == 32033
+    assert header["data_format"] == "lines" and header["data"] == str(NAMES)
+    assert re.fullmatch(r"[0-9a-f]{12}", header["run_id"])
 
     assert [r["step"] for r in records] == [1, 2, 3, 4]  # 1-based
-    expected, _ = reference_losses(engine, config)
-    # json keeps a float exactly: the file holds the very numbers the engine computed.
-    assert [r["loss"] for r in records] == expected
+    # json keeps a float exactly: the file holds the very numbers the training loop computes.
+    assert [r["loss"] for r in records] == reference_losses("numpy", config)
     # SPEC section 8: the first two steps use the same lr as the 1000-step run, so their losses match it.
     assert [round(r["loss"], 4) for r in records[:2]] == SPEC_FIRST_LOSSES[:2]
     assert [r["lr"] for r in records] == [learning_rate(s, config) for s in range(steps)]
@@ -198,55 +190,52 @@ def test_metrics_hold_the_engine_losses_at_full_precision(capsys, tmp_path, engi
     assert all("val_loss" not in r for r in records)
 
 
-def test_num_samples_zero_prints_no_samples(capsys):
-    rc, out, err = cli(capsys, "train", "--data", NAMES, "--steps", 2, "--num-samples", 0)
+def test_num_samples_zero_prints_no_samples():
+    rc, out, err = run_cli("train", "--steps", 2, "--num-samples", 0)
     assert rc == 0, err
     assert "sample" not in out
     assert out.splitlines()[:3] == ["num docs: 32033", "vocab size: 27", "num params: 4192"]
 
 
-def test_quiet_prints_figures_and_samples_but_no_progress(capsys):
-    rc, out, err = cli(capsys, "train", "--data", NAMES, "--steps", 2, "--num-samples", 3, "--quiet")
+def test_quiet_prints_figures_and_samples_but_no_progress():
+    rc, out, err = run_cli("train", "--steps", 2, "--num-samples", 3, "--quiet")
     assert rc == 0, err
     assert not any(line.startswith("step ") for line in out.splitlines())
     assert sum(line.startswith("sample ") for line in out.splitlines()) == 3
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_validation_loss_every_n_steps(capsys, tmp_path, engine):
+def test_validation_loss_every_n_steps(tmp_path):
     """--val-fraction holds out the last fraction of the shuffled documents; val_loss on steps 5, 10
     and the last one is the mean per-token loss over them, recomputed here with engine.evaluate."""
     data = write_docs(tmp_path / "names.txt", load_docs(NAMES)[:40])
     metrics = tmp_path / "m.jsonl"
-    rc, out, err = cli(capsys, "train", "--data", data, "--engine", engine, *SMALL, "--steps", 12,
-                       "--val-fraction", 0.1, "--eval-every", 5, "--metrics", metrics, "--num-samples", 0)
+    rc, out, err = run_cli("train", "--data", data, *SMALL_FLAGS, "--steps", 12, "--val-fraction", 0.1,
+                           "--eval-every", 5, "--metrics", metrics, "--num-samples", 0)
     assert rc == 0, err
     _, records = read_steps(metrics)
     assert [r["step"] for r in records if "val_loss" in r] == [5, 10, 12]
 
-    config = Config(n_embd=8, n_head=2, block_size=8, num_steps=12, val_fraction=0.1, eval_every=5)
-    rng = random.Random(config.seed)
-    docs = shuffled(load_docs(data), rng)
-    tokenizer = Tokenizer.from_docs(docs)
-    train_docs, val_docs = docs[:36], docs[36:]  # 10% of 40
-    engine_ = create_engine(engine, config, tokenizer.vocab_size, rng)
+    config = Config(**SMALL, num_steps=12, val_fraction=0.1, eval_every=5)
+    engine, dataset, _ = start_run("numpy", config, data)
+    assert len(dataset.train_docs) == 36 and len(dataset.val_docs) == 4  # 10% of 40
     expected: dict[int, float] = {}
-    losses: list[float] = []
 
-    def on_step(step: int, loss: float, lr: float) -> bool:
-        losses.append(loss)
-        if step + 1 in (5, 10, 12):
-            total = count = 0.0
-            for doc in val_docs:
-                tokens = tokenizer.example(doc)
-                n = min(config.block_size, len(tokens) - 1)
-                total += engine_.evaluate(tokens) * n
-                count += n
-            expected[step + 1] = total / count
-        return False
+    class Validating(LossRecorder):
+        def __call__(self, step: int, loss: float, lr: float) -> bool:
+            if step + 1 in (5, 10, 12):
+                total = count = 0.0
+                for doc in dataset.val_docs:
+                    tokens = dataset.tokenizer.example(doc)
+                    n = min(config.block_size, len(tokens) - 1)
+                    total += engine.evaluate(tokens) * n
+                    count += n
+                expected[step + 1] = total / count
+                assert mean_loss(engine, dataset.val_examples()) == pytest.approx(expected[step + 1], rel=1e-15)
+            return super().__call__(step, loss, lr)
 
-    train(engine_, train_docs, tokenizer, config, on_step=on_step)
-    assert [r["loss"] for r in records] == losses  # the loop trained on the 36 training documents only
+    recorder = Validating()
+    train(engine, dataset, config, on_step=recorder)
+    assert [r["loss"] for r in records] == recorder.losses  # the loop trained on the 36 training documents only
     got = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
     assert got.keys() == expected.keys()
     for step in expected:
@@ -254,10 +243,9 @@ def test_validation_loss_every_n_steps(capsys, tmp_path, engine):
     assert f"val loss: {expected[12]:.4f} (4 documents)" in out
 
 
-def test_warmup_steps_ramp_the_learning_rate(capsys, tmp_path):
+def test_warmup_steps_ramp_the_learning_rate(tmp_path):
     metrics = tmp_path / "m.jsonl"
-    rc, _, err = cli(capsys, "train", "--data", NAMES, "--steps", 10, "--warmup-steps", 4, "--metrics", metrics,
-                     "--num-samples", 0)
+    rc, _, err = run_cli("train", "--steps", 10, "--warmup-steps", 4, "--metrics", metrics, "--num-samples", 0)
     assert rc == 0, err
     _, records = read_steps(metrics)
     # Warmup: lr * (s + 1) / 4 for s < 4; then linear decay over the remaining 6 steps.
@@ -266,37 +254,31 @@ def test_warmup_steps_ramp_the_learning_rate(capsys, tmp_path):
     assert [r["lr"] for r in records][:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01], rel=1e-15)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_batch_size_two_averages_two_documents(capsys, tmp_path, engine):
+def test_batch_size_two_averages_two_documents(tmp_path):
     """Step 1 of --batch-size 2 is the mean of the first two documents' losses at the initial weights."""
     metrics = tmp_path / "m.jsonl"
-    rc, _, err = cli(capsys, "train", "--data", NAMES, "--engine", engine, *SMALL, "--steps", 3, "--batch-size", 2,
-                     "--metrics", metrics, "--num-samples", 1)
+    rc, _, err = run_cli("train", *SMALL_FLAGS, "--steps", 3, "--batch-size", 2, "--metrics", metrics,
+                         "--num-samples", 1)
     assert rc == 0, err
     _, records = read_steps(metrics)
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) for r in records)
 
-    config = Config(n_embd=8, n_head=2, block_size=8)
-    rng = random.Random(config.seed)
-    docs = shuffled(load_docs(NAMES), rng)
-    tokenizer = Tokenizer.from_docs(docs)
-    fresh = create_engine("scalar", config, tokenizer.vocab_size, rng)  # the book engine as the reference
-    first = [fresh.evaluate(tokenizer.example(doc)) for doc in docs[:2]]
+    fresh, dataset, _ = start_run("scalar", Config(**SMALL))  # the book engine as the reference
+    first = [fresh.evaluate(dataset.tokenizer.example(doc)) for doc in dataset.docs[:2]]
     assert records[0]["loss"] == pytest.approx((first[0] + first[1]) / 2, rel=1e-12)
     assert records[0]["loss"] != pytest.approx(first[0], rel=1e-6)
 
 
-def test_chapter7_defaults_leave_the_book_run_unchanged(capsys, tmp_path):
+def test_chapter7_and_beyond_defaults_leave_the_book_run_unchanged(tmp_path):
     plain, explicit = tmp_path / "plain.jsonl", tmp_path / "explicit.jsonl"
-    rc, out_plain, err = cli(capsys, "train", "--data", NAMES, "--steps", 3, "--metrics", plain, "--num-samples", 5)
+    rc, out_plain, err = run_cli("train", "--steps", 3, "--metrics", plain, "--num-samples", 5, "--stats-every", 1)
     assert rc == 0, err
-    rc, out_explicit, err = cli(capsys, "train", "--data", NAMES, "--steps", 3, "--metrics", explicit,
-                                "--num-samples", 5, "--val-fraction", 0, "--eval-every", 0, "--warmup-steps", 0,
-                                "--batch-size", 1)
+    rc, out_explicit, err = run_cli("train", "--data", NAMES, "--steps", 3, "--metrics", explicit, "--stats-every", 1,
+                                    "--num-samples", 5, "--val-fraction", 0, "--eval-every", 0, "--warmup-steps", 0,
+                                    "--batch-size", 1, "--data-format", "lines", "--grad-clip", 0,
+                                    "--weight-decay", 0, "--dropout", 0, "--min-lr", 0, "--top-k", 0)
     assert rc == 0, err
-    computed = [[{k: v for k, v in r.items() if k != "time"} for r in read_steps(path)[1]]
-                for path in (plain, explicit)]
+    computed = [trajectory(path) for path in (plain, explicit)]
     assert computed[0] == computed[1] and len(computed[0]) == 3
-    samples = [[line for line in out.splitlines() if line.startswith("sample")] for out in (out_plain, out_explicit)]
-    assert samples[0] == samples[1] and len(samples[0]) == 5
+    assert samples_of(out_plain) == samples_of(out_explicit) and len(samples_of(out_plain)) == 5

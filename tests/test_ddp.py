@@ -13,38 +13,45 @@ import random
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NAMES
 
-from microgpt.config import Config
-from microgpt.data import load_docs
-from microgpt.engines import create_engine
-from microgpt.errors import UserError
-from microgpt.tokenizer import Tokenizer
-from microgpt.train import train
+pytest.importorskip("torch", reason="the torch engine needs PyTorch (pip install -e \".[torch]\")")
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import NAMES, SRC, LossRecorder, start_run, write_docs  # noqa: E402
+
+from microgpt.config import Config  # noqa: E402
+from microgpt.data import load_docs  # noqa: E402
+from microgpt.engines import create_engine  # noqa: E402
+from microgpt.errors import UserError  # noqa: E402
+from microgpt.train import train  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
 CONFIG = dict(n_layer=1, n_embd=8, n_head=2, block_size=8, num_steps=4, batch_size=4)
 NUM_DOCS = 64  # steps x batch_size = 16 documents are used; a few more keep the cycling honest
 
-# Runs on every rank: build the engine from the environment torchrun sets, train, save what it holds.
+# Runs on every rank: the same start as training, the engine from the environment torchrun sets,
+# the training loop (which hands each rank its slice), then save what the rank holds.
 DRIVER = textwrap.dedent("""
-    import json, random, sys
+    import json, sys
     import numpy as np
     from microgpt.config import Config
+    from microgpt.data import prepare
     from microgpt.engines import create_engine
-    from microgpt.tokenizer import Tokenizer
     from microgpt.train import train
 
-    config, docs, out = Config(**json.loads(sys.argv[1])), json.loads(sys.argv[2]), sys.argv[3]
-    tokenizer = Tokenizer.from_docs(docs)
-    engine = create_engine("torch", config, tokenizer.vocab_size, random.Random(config.seed), device="cpu")
+    config, data_file, out = Config(**json.loads(sys.argv[1])).validate(), sys.argv[2], sys.argv[3]
+    data, rng = prepare(config, data_file)
+    engine = create_engine("torch", config, data.tokenizer.vocab_size, rng, device="cpu")
     losses = []
-    train(engine, docs, tokenizer, config, on_step=lambda step, loss, lr: losses.append(loss) and False,
-          rank=engine.rank, world_size=engine.world_size)
+
+    def record(step, loss, lr):
+        losses.append(loss)
+        return False
+
+    train(engine, data, config, on_step=record)
     weights = engine.state_dict()
     np.save(f"{out}/weights{engine.rank}.npy", np.concatenate([w.ravel() for w in weights.values()]))
     np.save(f"{out}/losses{engine.rank}.npy", np.array(losses))
@@ -54,23 +61,22 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def single_process(config: Config, docs: list[str]) -> tuple[np.ndarray, list[float]]:
-    tokenizer = Tokenizer.from_docs(docs)
-    engine = create_engine("torch", config, tokenizer.vocab_size, random.Random(config.seed), device="cpu")
-    losses: list[float] = []
-    train(engine, docs, tokenizer, config, on_step=lambda step, loss, lr: losses.append(loss) and False)
-    return np.concatenate([w.ravel() for w in engine.state_dict().values()]), losses
+def single_process(config: Config, data_file) -> tuple[np.ndarray, list[float]]:
+    engine, data, _ = start_run("torch", config, data_file, device="cpu")
+    recorder = LossRecorder()
+    train(engine, data, config, on_step=recorder)
+    return np.concatenate([w.ravel() for w in engine.state_dict().values()]), recorder.losses
 
 
 def test_two_processes_equal_one(tmp_path):
-    docs = load_docs(NAMES)[:NUM_DOCS]
+    data_file = write_docs(tmp_path / "docs.txt", load_docs(NAMES)[:NUM_DOCS])
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     # --standalone: a private rendezvous on a free port, so concurrent runs never collide.
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(driver), json.dumps(CONFIG), json.dumps(docs), str(tmp_path)],
+                          str(driver), json.dumps(CONFIG), str(data_file), str(tmp_path)],
                          capture_output=True, text=True, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -80,7 +86,7 @@ def test_two_processes_equal_one(tmp_path):
     rank0, rank1 = np.load(tmp_path / "weights0.npy"), np.load(tmp_path / "weights1.npy")
     np.testing.assert_array_equal(rank0, rank1)
 
-    want_weights, want_losses = single_process(Config(**CONFIG), docs)
+    want_weights, want_losses = single_process(Config(**CONFIG), data_file)
     np.testing.assert_allclose(rank0, want_weights, rtol=0, atol=1e-10)
     for r in (0, 1):  # reduce_loss gives every rank the whole batch's mean loss
         np.testing.assert_allclose(np.load(tmp_path / f"losses{r}.npy"), want_losses, rtol=1e-12)

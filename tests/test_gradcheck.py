@@ -6,19 +6,17 @@ derivatives broken on purpose, whose effect on each matrix follows from the chai
 
 from __future__ import annotations
 
-import random
 import re
 
 import pytest
-from conftest import NAMES
+from conftest import NAMES, engine_params
 
 from microgpt import gradcheck
 from microgpt.autograd import Value
 from microgpt.cli import main
 from microgpt.config import Config
-from microgpt.data import load_docs, shuffled
+from microgpt.data import prepare
 from microgpt.model import document_loss, init_params
-from microgpt.tokenizer import Tokenizer
 
 # 424 weights: small enough that even the scalar engine checks every one in seconds.
 TINY = ["--n-embd", "4", "--n-head", "2", "--block-size", "4"]
@@ -42,16 +40,15 @@ def verdicts(out: str) -> dict[str, str]:
 
 
 def book_gradients(doc: str, config: Config) -> dict[str, list[list[float]]]:
-    """The book engine's gradient of the document's loss, computed here without the command."""
-    rng = random.Random(config.seed)
-    docs = shuffled(load_docs(NAMES), rng)
-    tokenizer = Tokenizer.from_docs(docs)
-    params = init_params(config, tokenizer.vocab_size, rng)
-    document_loss(tokenizer.example(doc), params, config).backward()
+    """The book engine's gradient of the document's loss, computed here without the command: the same
+    start as training (shuffle, then the book's init_params from the same generator)."""
+    data, rng = prepare(config.validate())
+    params = init_params(config, data.tokenizer.vocab_size, rng)
+    document_loss(data.tokenizer.example(doc), params, config).backward()
     return {name: [[p.grad for p in row] for row in rows] for name, rows in params.items()}
 
 
-@pytest.mark.parametrize("engine", ["scalar", "numpy", "torch"])
+@pytest.mark.parametrize("engine", engine_params())
 def test_correct_backward_passes_on_every_engine(capsys, engine):
     rc, out, _ = run(capsys, "--engine", engine, *TINY, "--doc", "anna", "--max-params", "1000")
     assert rc == 0, out
@@ -83,7 +80,17 @@ def test_default_document_is_training_step_one(capsys):
     """Without --doc the loss is the first training step's (SPEC: 3.3660 for the book's defaults)."""
     rc, out, _ = run(capsys, "--max-params", "9")
     assert rc == 0
+    data, _ = prepare(Config().validate())
+    assert data.docs[0] == "yuheng"
     assert "document 'yuheng': 7 predictions, loss 3.3660 (training's step 1" in out
+
+
+def test_the_packaged_names_need_no_data_flag(capsys):
+    rc = main(["gradcheck", "--max-params", "9", "--seed", "3"])
+    out, _ = capsys.readouterr()
+    assert rc == 0
+    data, _ = prepare(Config(seed=3).validate())
+    assert f"document {data.docs[0]!r}" in out
 
 
 def test_broken_relu_derivative_fails_the_matrices_behind_it(capsys, monkeypatch):

@@ -69,7 +69,8 @@ def test_fresh_clone_installs_and_passes_the_fast_tests(tmp_path):
     # run (and the PyTorch ones skip, saying why) where torch is not installed.
     run([python, "-m", "pip", "install", "-q", "-e", ".", "pytest", "hypothesis"], cwd=repo, env=clean_env())
     proc = run([python, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider",
-                "--ignore=tests/test_browser.py"], cwd=repo, env=clean_env(**OFFLINE, MICROGPT_CACHE=str(tmp_path / "c")))
+                "--ignore=tests/test_browser.py"], cwd=repo,
+               env=clean_env(**OFFLINE, MICROGPT_CACHE=str(tmp_path / "c")))
     assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
     assert "skipped" in proc.stdout  # the PyTorch tests, with their reason
     # Run from the folder that contains the clone, the installed package is the one imported.

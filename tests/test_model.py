@@ -14,8 +14,7 @@ import sys
 import time
 
 import pytest
-import torch
-import torch.nn.functional as F
+from conftest import requires_torch
 
 from microgpt.autograd import Value
 from microgpt.config import Config
@@ -23,6 +22,12 @@ from microgpt.engines.base import param_shapes
 from microgpt.engines.scalar import ScalarEngine, no_cycle_collection
 from microgpt.model import document_loss, gpt, init_params, linear, rmsnorm, softmax
 from microgpt.tokenizer import Tokenizer
+
+try:  # the oracle of two tests; the others need nothing but the standard library
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = F = None
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 TINY = Config(n_layer=2, n_embd=8, n_head=2, block_size=8)
@@ -90,11 +95,11 @@ def test_model_gradient_matches_finite_differences():
 # ---------------------------------------------------------------------------------------------
 # An independent PyTorch float64 implementation of SPEC section 5, whole sequence at once.
 
-def torch_rmsnorm(x: torch.Tensor) -> torch.Tensor:
+def torch_rmsnorm(x):
     return x * (x.pow(2).mean(dim=-1, keepdim=True) + 1e-5).rsqrt()
 
 
-def torch_gpt_logits(w: dict[str, torch.Tensor], inputs: list[int], config: Config) -> torch.Tensor:
+def torch_gpt_logits(w: dict, inputs: list[int], config: Config):
     """SPEC section 5 over a whole sequence at once, with a causal mask: (T, vocab) logits."""
     n = len(inputs)
     n_head, head_dim = config.n_head, config.n_embd // config.n_head
@@ -116,7 +121,7 @@ def torch_gpt_logits(w: dict[str, torch.Tensor], inputs: list[int], config: Conf
     return x @ w["lm_head"].T  # (T, V)
 
 
-def torch_gpt_loss(w: dict[str, torch.Tensor], tokens: list[int], config: Config) -> torch.Tensor:
+def torch_gpt_loss(w: dict, tokens: list[int], config: Config):
     """Mean cross-entropy of one example (SPEC section 3: at most block_size predictions)."""
     n = min(config.block_size, len(tokens) - 1)
     return F.cross_entropy(torch_gpt_logits(w, tokens[:n], config), torch.tensor(tokens[1:n + 1]))
@@ -126,6 +131,7 @@ LOSS_TOL = 1e-12  # absolute, on a loss of about 3.3
 GRAD_RTOL = 1e-10  # relative to the largest gradient of the same matrix
 
 
+@requires_torch
 @pytest.mark.parametrize("doc_length, seed", [(11, 3), (3, 4)], ids=["truncated-to-block", "short"])
 def test_model_matches_independent_torch_float64(doc_length, seed):
     tokenizer, params, tokens = tiny_setup(doc_length=doc_length, seed=seed)
@@ -154,6 +160,7 @@ def test_model_matches_independent_torch_float64(doc_length, seed):
         assert any(p.grad != 0 for p in params["wpe"][pos]) == (pos < n)
 
 
+@requires_torch
 def test_gpt_with_cache_matches_torch_full_sequence():
     # gpt() one position at a time with a key/value cache is the causal full-sequence forward.
     tokenizer, params, tokens = tiny_setup(doc_length=6, seed=5)

@@ -103,6 +103,24 @@ def test_every_engine_has_a_tolerance():
     assert set(TOLERANCES) == set(ENGINES)
 
 
+def test_the_checking_helper_can_fail():
+    x = 3.3659669475848504
+    assert_parity("same", [x, 1.0], [x, 1.0], 0)
+    with pytest.raises(AssertionError, match="not bit for bit"):
+        assert_parity("one ulp", [np.nextafter(x, 4.0)], [x], 0)
+    assert_parity("within", [x + 5e-13], [x], 1e-12)
+    with pytest.raises(AssertionError, match=r"error 2\.000e-12 > 1e-12"):
+        assert_parity("beyond", [x + 2e-12], [x], 1e-12)
+    with pytest.raises(AssertionError, match="relative error"):
+        assert_parity("matrix", {"w": [[1.0, 2e-10]]}, {"w": [[1.0 + 2e-10, 2e-10]]}, 1e-10, relative=True)
+    with pytest.raises(AssertionError, match="all zeros"):
+        assert_parity("zeros", {"w": [[1e-300]]}, {"w": [[0.0]]}, 1e-10, relative=True)
+    with pytest.raises(AssertionError, match="matrices"):
+        assert_parity("names", {"a": [[0.0]]}, {"b": [[0.0]]}, 0)
+    with pytest.raises(AssertionError, match="shape"):
+        assert_parity("shape", [[0.0, 0.0]], [[0.0], [0.0]], 1)
+
+
 # --- one forward/backward against the book's code -------------------------------------------------
 
 VOCAB = 11  # 10 characters and BOS

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "microgpt"
+SRC = ROOT / "src"
+PACKAGE = SRC / "microgpt"
 
 BOOK_MODULES = [
     "microgpt.autograd", "microgpt.model", "microgpt.optim", "microgpt.tokenizer", "microgpt.data",
@@ -31,8 +32,8 @@ STDLIB = set(sys.stdlib_module_names)
 
 def source_file(module: str) -> Path:
     parts = module.split(".")
-    package_init = ROOT.joinpath(*parts, "__init__.py")
-    return package_init if package_init.exists() else ROOT.joinpath(*parts[:-1], parts[-1] + ".py")
+    package_init = SRC.joinpath(*parts, "__init__.py")
+    return package_init if package_init.exists() else SRC.joinpath(*parts[:-1], parts[-1] + ".py")
 
 
 def imported_modules(module: str) -> list[tuple[int, str]]:
@@ -64,10 +65,15 @@ def test_book_module_imports_only_the_standard_library(module):
         top = name.split(".")[0]
         if top == "__future__" or top in STDLIB:
             continue
-        where = f"{source_file(module).relative_to(ROOT)}:{line}"
+        where = f"{source_file(module).relative_to(SRC)}:{line}"
         assert top == "microgpt", f"{where} imports {name}, which is not in the standard library"
         # Inside the package, only other book modules: never checkpoint I/O, the CLI or a fast engine.
         assert name in ALLOWED_INSIDE, f"{where} imports {name}, which is not a book engine module"
+
+
+def test_the_scan_reads_the_package_in_src():
+    assert PACKAGE.is_dir() and (PACKAGE / "autograd.py").is_file()
+    assert not (ROOT / "microgpt").exists()  # the src layout: no second copy at the root to scan instead
 
 
 def test_the_scan_sees_relative_imports():
@@ -89,28 +95,32 @@ except ImportError:
     blocked = True
 before = set(sys.modules)
 
-import random
 import microgpt
 import {modules}
 from microgpt.config import Config
-from microgpt.data import load_docs, shuffled
+from microgpt.data import names_path, prepare
 from microgpt.engines import create_engine
 from microgpt.sample import sample
-from microgpt.tokenizer import Tokenizer
 from microgpt.train import train
 
-config = Config(n_layer=1, n_embd=8, n_head=2, block_size=8, num_steps=2, num_samples=2)
-rng = random.Random(config.seed)
-docs = shuffled(load_docs(sys.argv[1]), rng)
-tokenizer = Tokenizer.from_docs(docs)
-engine = create_engine("scalar", config, tokenizer.vocab_size, rng)
+config = Config(n_layer=1, n_embd=8, n_head=2, block_size=8, num_steps=2, num_samples=2).validate()
+data, rng = prepare(config, sys.argv[1])
+engine = create_engine("scalar", config, data.tokenizer.vocab_size, rng)
 losses = []
-steps = train(engine, docs, tokenizer, config, on_step=lambda step, loss, lr: losses.append(loss) and False)
-samples = [sample(engine, tokenizer, rng, config.temperature) for _ in range(config.num_samples)]
+
+
+def record(step, loss, lr):
+    losses.append(loss)
+    return False
+
+
+steps = train(engine, data, config, on_step=record)
+samples = [sample(engine, data.tokenizer, rng, config.temperature) for _ in range(config.num_samples)]
+names_docs = prepare(config)[0].size  # the packaged dataset is found and checked without numpy too
 
 added = {{name.split(".")[0] for name in set(sys.modules) - before if sys.modules[name] is not None}}
 print(json.dumps({{
-    "blocked": blocked, "steps": steps, "losses": losses, "samples": samples,
+    "blocked": blocked, "steps": steps, "losses": losses, "samples": samples, "names_docs": names_docs,
     "package": microgpt.__file__, "engine": type(engine).__module__,
     "third_party": sorted(added - set(sys.stdlib_module_names) - {{"microgpt"}}),
 }}))
@@ -120,7 +130,7 @@ print(json.dumps({{
 def test_book_engine_trains_without_numpy_or_torch(tmp_path):
     data = tmp_path / "tiny.txt"
     data.write_text("emma\nolivia\nava\nisabella\nsophia\nmia\n", encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
     script = SCRIPT.format(modules=", ".join(BOOK_MODULES))
     proc = subprocess.run([sys.executable, "-c", script, str(data)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -132,4 +142,5 @@ def test_book_engine_trains_without_numpy_or_torch(tmp_path):
     assert result["steps"] == 2
     assert len(result["losses"]) == 2 and all(0 < x < 10 for x in result["losses"])
     assert len(result["samples"]) == 2 and all(set(s) <= set("emmaoliviaisabellasophia") for s in result["samples"])
+    assert result["names_docs"] == 32033
     assert result["third_party"] == []

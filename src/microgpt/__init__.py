@@ -4,4 +4,4 @@ Chapter 2 `data`, `tokenizer`; chapter 3 `autograd`; chapter 4 `model`; chapter 
 `train`; chapter 6 `sample`. `engines` computes the same model faster; `cli` is the command line.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

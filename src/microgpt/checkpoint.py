@@ -80,6 +80,9 @@ def _rng_state(value: Any, where: str) -> list:
 
 def _vocab(value: Any, where: str) -> list[str]:
     chars = s.list_of(s.string(1, r"(?s).", "one character"), 1, 1_000_000)(value, where)
+    for i, ch in enumerate(chars):
+        if "\ud800" <= ch <= "\udfff":  # half of a surrogate pair is no character: it cannot be printed
+            raise s.SchemaError(f"{where}[{i}]", "a character (not half of a surrogate pair)", ch)
     if chars != sorted(set(chars)):
         raise s.SchemaError(where, "distinct characters in sorted order", value)
     return chars
@@ -187,8 +190,9 @@ class Checkpoint:
         try:
             return load(payload)
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            reason = s.show(str(e), 80)  # the library quotes the file's bytes: escaped, on one line
             raise CheckpointError(f"checkpoint {self.path} is corrupt: {file.name} cannot be read "
-                                  f"({str(e)[:80]}); use another checkpoint or start a new run") from None
+                                  f"({reason}); use another checkpoint or start a new run") from None
 
     def tensors(self) -> dict[str, Any]:
         """Read and verify the state file: name -> float64 array, finite, matching its sha256."""
@@ -336,10 +340,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], step: int, meta: di
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "step": step, **meta, "state_file": state_file,
             "state_sha256": hashlib.sha256(payload).hexdigest(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_atomic(path / META, json.dumps(meta, indent=1).encode("utf-8"))
-    # Only now is the new state file the one checkpoint.json names; older ones can go.
+    # Only now is the new state file the one checkpoint.json names; older ones can go, and so can
+    # what a killed write left half-written (the run holds the folder's lock: no other writer is at work).
     for old in path.glob("state-*.safetensors"):
         if old.name != state_file:
             old.unlink(missing_ok=True)
+    for stale in [*path.glob(".state-*.tmp"), *path.glob(f".{META}.*.tmp"), *path.glob(f"{SNAPSHOTS}/.step-*.tmp")]:
+        stale.unlink(missing_ok=True)
     return path
 
 

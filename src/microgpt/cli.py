@@ -19,7 +19,7 @@ import sys
 
 from . import __version__
 from .config import Config, flag_of
-from .errors import Interrupted, UserError
+from .errors import Interrupted, UserError, WriteFailure
 
 # command -> (module, one-line description); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -155,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `microgpt sample | head` is fine
         _quiet_stdout()
         return 0
+    except OSError as e:  # a read or write the system refused on the way (stdout on a full disk, ...): one line
+        where = f" on {e.filename}" if e.filename else ""
+        print(f"microgpt: error: input/output failed{where} ({e.strerror or e}): check the free disk space and "
+              "the paths given", file=sys.stderr)
+        _quiet_stdout()
+        return WriteFailure.exit_code
     except (Interrupted, KeyboardInterrupt) as e:
         print("microgpt: interrupted", file=sys.stderr)
         return e.exit_code if isinstance(e, Interrupted) else 130

@@ -21,9 +21,10 @@ from .cli import engine_arguments
 from .config import Config, ConfigError
 from .data import Dataset, prepare
 from .engines import create_engine, engine_options
-from .engines.base import Engine
+from .engines.base import Engine, param_shapes
 from .errors import UserError
-from .sample import continue_text, sample
+from .guard import check_memory
+from .sample import SamplingError, continue_text, default_prompt, sample
 from .tokenizer import Tokenizer, TokenizerError
 from .train import mean_loss
 
@@ -62,11 +63,12 @@ def load_model(checkpoint: Checkpoint, engine_name: str = "numpy", options: dict
     """An engine holding the checkpoint's weights (or those of snapshot `step`), and its tokenizer."""
     config = checkpoint.config
     tokenizer = Tokenizer(checkpoint.vocab)
+    # The weights are read and checked against the config's shapes before a model of that size is
+    # built: a config edited to a huge model is refused, not allocated.
+    check_memory(config, tokenizer.vocab_size, engine_name)
+    weights = checkpoint.snapshot(checkpoint.step if step is None else step, param_shapes(config, tokenizer.vocab_size))
     engine = create_engine(engine_name, config, tokenizer.vocab_size, random.Random(config.seed), **(options or {}))
-    if step is None:
-        checkpoint.restore(engine, with_optimizer=False)
-    else:
-        engine.load_state_dict(checkpoint.snapshot(step, engine.shapes))
+    engine.load_state_dict(weights)
     return engine, tokenizer
 
 
@@ -129,6 +131,14 @@ def _report_novelty(samples: list[str], data: Dataset | None) -> None:
           f"(data: {n['data_mean_len']:.2f})")
 
 
+def _checked_draw(checkpoint: Checkpoint, draw: Any) -> str:
+    """A sample, or the one-line error that names the checkpoint whose weights cannot be sampled."""
+    try:
+        return draw()
+    except SamplingError as e:
+        raise CheckpointError(f"checkpoint {checkpoint.path}: {e}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     options = engine_options(args, args.engine)
@@ -145,13 +155,14 @@ def _sample(args: argparse.Namespace, checkpoint: Checkpoint, options: dict[str,
     config = checkpoint.config
     temperature, top_k, rng = _sampling(args, config, checkpoint)
     text_mode = config.data_format == "text"
-    prompt = args.prompt if args.prompt is not None else ("\n" if text_mode else "")
+    data = None if text_mode else _training_data(checkpoint, args.data)  # a bad --data is refused first
     engine, tokenizer = load_model(checkpoint, args.engine, options, args.snapshot)
+    prompt = args.prompt if args.prompt is not None else (default_prompt(tokenizer) if text_mode else "")
     try:
         try:
             tokenizer.encode(prompt)
         except TokenizerError as e:
-            raise UserError(f"--prompt {args.prompt!r}: {e}") from None
+            raise UserError(f"--prompt {prompt!r}: {e}") from None
         count = args.num_samples if args.num_samples is not None else (1 if text_mode else config.num_samples)
         if text_mode:
             if not prompt:
@@ -165,8 +176,9 @@ def _sample(args: argparse.Namespace, checkpoint: Checkpoint, options: dict[str,
                 if count > 1:
                     print(f"--- sample {i + 1} ---", flush=True)
                 sys.stdout.write(prompt)
-                continue_text(engine, tokenizer, rng, temperature, args.max_tokens, top_k, prompt,
-                              on_text=lambda ch: (sys.stdout.write(ch), sys.stdout.flush()))
+                _checked_draw(checkpoint, lambda: continue_text(
+                    engine, tokenizer, rng, temperature, args.max_tokens, top_k, prompt,
+                    on_text=lambda ch: (sys.stdout.write(ch), sys.stdout.flush())))
                 print(flush=True)
             return 0
         if len(prompt) >= config.block_size:
@@ -174,9 +186,10 @@ def _sample(args: argparse.Namespace, checkpoint: Checkpoint, options: dict[str,
                             f"{config.block_size}: use a shorter prompt")
         samples = []
         for i in range(count):
-            samples.append(sample(engine, tokenizer, rng, temperature, top_k, prompt))
+            samples.append(_checked_draw(checkpoint, lambda: sample(engine, tokenizer, rng, temperature, top_k,
+                                                                     prompt)))
             print(f"sample {i + 1:2d}: {samples[-1]}", flush=True)  # as soon as it is drawn
-        _report_novelty(samples, _training_data(checkpoint, args.data))
+        _report_novelty(samples, data)
         return 0
     finally:
         engine.close()
@@ -212,6 +225,7 @@ def _eval(args: argparse.Namespace, checkpoint: Checkpoint, engine: Engine) -> i
     if config.data_format == "lines":
         temperature, top_k, rng = _sampling(args, config, checkpoint)
         count = config.num_samples if args.num_samples is None else args.num_samples
-        samples = [sample(engine, data.tokenizer, rng, temperature, top_k) for _ in range(count)]
+        samples = [_checked_draw(checkpoint, lambda: sample(engine, data.tokenizer, rng, temperature, top_k))
+                   for _ in range(count)]
         _report_novelty(samples, data)
     return 0

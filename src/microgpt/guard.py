@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -47,9 +48,15 @@ class FolderLock:
             return self
         path = self.folder / LOCK
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Never through a link, never anything but a regular file: the lock writes its pid into it.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
+                         0o644)
         except OSError as e:
-            raise UserError(f"cannot write into {self.folder} ({e.strerror}): pick another --out folder") from None
+            raise UserError(f"cannot use {path} as the folder's lock ({e.strerror}): remove it if no run is "
+                            "going, or pick another --out folder") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UserError(f"{path} is not a regular file: remove it if no run is going, or pick another --out folder")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -73,6 +80,10 @@ def probe_writable(folder: Path) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--out {folder} is a file: pass a folder for the checkpoints")
+    for inside in ("snapshots",):  # written into by the run: a link would send the files elsewhere
+        if (folder / inside).is_symlink() or ((folder / inside).exists() and not (folder / inside).is_dir()):
+            raise UserError(f"{folder / inside} is not a folder of its own (a link or a file): remove it, or pick "
+                            "another --out folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
@@ -94,6 +105,8 @@ def estimate_memory(config: Config, vocab_size: int, engine: str) -> int:
     params = (2 * V + T) * C + L * 12 * C * C
     per_layer = T * C * 16 + 3 * H * T * T
     activations = config.batch_size * (L * per_layer + 3 * T * V + 4 * T * C)
+    if config.data_format == "text":  # the validation windows, kept as lists of ids
+        activations += config.eval_windows * (T + 8)
     if engine == "scalar":
         graph_nodes = config.batch_size * T * (L * (24 * C * C + 4 * H * T * C) + 2 * V * C)
         return params * 4 * 120 + graph_nodes * 100
@@ -130,9 +143,10 @@ def check_memory(config: Config, vocab_size: int, engine: str) -> None:
     """Refuse, with the estimate and the limit, a model that would not fit in memory."""
     need, have = estimate_memory(config, vocab_size, engine), available_memory()
     if have is not None and need > have:
+        windows = " or --eval-windows" if config.data_format == "text" else ""
         raise UserError(f"this model needs about {_size(need)} (parameters, gradients, Adam's moments and one step's "
                         f"activations on the {engine} engine), more than the {_size(have)} available: lower "
-                        "--n-embd, --n-layer, --block-size or --batch-size")
+                        f"--n-embd, --n-layer, --block-size, --batch-size{windows}")
 
 
 def _size(n: int) -> str:

@@ -84,6 +84,8 @@ def check_metrics_path(path: str | os.PathLike, data: Path | None = None) -> Pat
     that does not exist, a file that cannot be appended to.
     """
     path = Path(path)
+    if path.is_symlink():  # the file it names is written to: never through a link
+        raise MetricsError(f"metrics path {path} is a symbolic link: pass the file it points to, or another path")
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -144,7 +146,7 @@ class MetricsWriter:
         if resume_step is not None and self.path.exists():
             self.kept = self._trim(header["run_id"], resume_step)
             header = {**header, "resumed_from": resume_step}
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         self._size = os.fstat(self._fd).st_size
         if self._size:  # a file cut short (a kill mid-line, before this writer) gets its line ended
             with open(self.path, "rb") as f:

@@ -287,7 +287,9 @@ def save_figure(fig: Figure, path: Path) -> None:
     """Render, then write through a uniquely named temporary file beside `path` and rename it, so a
     reader never sees half an image and two commands writing the same image never collide."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lower()[1:], dpi=DPI)
+    with warnings.catch_warnings():  # a label holding a character the font lacks is drawn as a box, not a warning
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buffer, format=path.suffix.lower()[1:], dpi=DPI)
     try:
         write_atomic(path, buffer.getvalue())
     except OSError as e:

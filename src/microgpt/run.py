@@ -75,7 +75,7 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
                      "(the run itself is unchanged); they go to the metrics and the progress output (default: 0 = off)")
     run.add_argument("--stats-every", default=argparse.SUPPRESS, metavar="N|auto|off",
                      help="log each matrix's gradient norm, weight norm, update norm and update/weight every N "
-                     f"steps (default: auto = every step while that costs under {STATS_SHARE:.0%} of a step)")
+                     f"steps (default: auto = every step while that costs under {STATS_SHARE * 100:.0f}%% of a step)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     add_config_arguments(parser)
 

@@ -10,7 +10,7 @@ for as many characters as asked: beyond block_size the context is cropped to its
 block_size characters and run through the model afresh for each new one, as nanoGPT's
 `generate` does. BOS, unused in text mode, is never drawn there. Standard library only.
 
-Exports: `sample`, `continue_text`, `sample_probs`, `draw`.
+Exports: `sample`, `continue_text`, `sample_probs`, `draw`, `default_prompt`, `SamplingError`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable
 
 from .engines.base import Engine
+from .errors import UserError
 from .tokenizer import Tokenizer
 
 
@@ -37,9 +38,21 @@ def sample_probs(logits: list[float], temperature: float, top_k: int = 0) -> lis
     return [e * total ** -1 for e in exps]
 
 
+class SamplingError(UserError):
+    """Logits so large that the probabilities are not numbers: the weights are broken."""
+
+
 def draw(rng: random.Random, probs: list[float]) -> int:
     """One token id drawn with the book's `choices(range(vocab_size), weights=probs)`."""
+    if not all(math.isfinite(p) for p in probs):
+        raise SamplingError("the model's next-token probabilities are not finite numbers (its weights are far too "
+                            "large): sample from another checkpoint or snapshot")
     return rng.choices(range(len(probs)), weights=probs)[0]
+
+
+def default_prompt(tokenizer: Tokenizer) -> str:
+    """Text mode starts from a newline; a text that has none starts from a space, else its first character."""
+    return next((ch for ch in ("\n", " ") if ch in tokenizer.chars), tokenizer.chars[0])
 
 
 def sample(engine: Engine, tokenizer: Tokenizer, rng: random.Random, temperature: float,
@@ -63,13 +76,14 @@ def sample(engine: Engine, tokenizer: Tokenizer, rng: random.Random, temperature
 
 
 def continue_text(engine: Engine, tokenizer: Tokenizer, rng: random.Random, temperature: float, max_tokens: int,
-                  top_k: int = 0, prompt: str = "\n", on_text: Callable[[str], None] | None = None) -> str:
-    """Text mode: `max_tokens` new characters after `prompt` (its last block_size characters are the context).
+                  top_k: int = 0, prompt: str | None = None, on_text: Callable[[str], None] | None = None) -> str:
+    """Text mode: `max_tokens` new characters after `prompt` (default: `default_prompt`; its last
+    block_size characters are the context).
 
     `on_text` gets each new character as soon as it is drawn.
     """
     block_size = engine.config.block_size
-    context = tokenizer.encode(prompt)[-block_size:]
+    context = tokenizer.encode(default_prompt(tokenizer) if prompt is None else prompt)[-block_size:]
     cache = engine.new_cache()
     for pos_id, token_id in enumerate(context[:-1]):  # the prompt but its last character, into the cache
         engine.next_logits(token_id, pos_id, cache)

@@ -50,8 +50,8 @@ class ScalarEngine(Engine):
         if config.dropout:
             from ..errors import UserError
 
-            raise UserError("the scalar engine has no dropout (the book's model has none): use --engine numpy "
-                            "or torch, or drop --dropout")
+            raise UserError("the scalar engine has no dropout (the book's model has none): use --engine torch, "
+                            "or drop --dropout")
         self.params_by_name = init_params(config, vocab_size, rng)  # the book's own initialisation
         self.params = [p for mat in self.params_by_name.values() for row in mat for p in row]
         self.optimizer = Adam(self.params, config)
