@@ -209,13 +209,8 @@ def test_a_document_longer_than_block_size_is_truncated_not_an_error(tmp_path):
 # --- a run that diverges -------------------------------------------------------------------------
 
 
-# Product bug: the matrix statistics a metrics file gets by default square the weights
-# (NumpyEngine._sum_squares, `flat * flat`) outside np.errstate, so weights near 1e306 print numpy's
-# "RuntimeWarning: overflow encountered in multiply" (two lines) before the one-line message.
-STATS_OVERFLOW = pytest.mark.xfail(strict=True, reason="NumpyEngine._sum_squares warns on overflow: stderr gets "
-                                   "numpy's RuntimeWarning besides the one-line divergence message")
 DIVERGING = [pytest.param(engine, "50", marks=engine_marks(engine), id=f"{engine}-lr50") for engine in ENGINES] + [
-    pytest.param("numpy", "1e306", marks=[STATS_OVERFLOW], id="numpy-lr1e306")]
+    pytest.param("numpy", "1e306", id="numpy-lr1e306")]
 
 
 @pytest.mark.parametrize("engine,lr", DIVERGING)

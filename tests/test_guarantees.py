@@ -547,9 +547,6 @@ def test_a_text_without_newlines_trains_and_samples(tmp_path, cmd):
     assert "None" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="with --metrics the numpy engine's matrix statistics overflow on the way to "
-                   "inf and numpy prints a RuntimeWarning (two more stderr lines) before the one-line divergence "
-                   "message")
 def test_a_diverging_run_is_one_line_exit_1_even_with_metrics(data, tmp_path):
     proc = run_module(*train_args(data), "--lr", "1e300", "--metrics", tmp_path / "m.jsonl", timeout=120)
     assert_one_line_error(proc, "diverged", "--lr", code=1, prefix=r"microgpt: training diverged at step \d+")
