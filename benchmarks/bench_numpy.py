@@ -41,6 +41,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy is first impo
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from timing import times_of  # noqa: E402
+
 from microgpt.config import Config  # noqa: E402
 from microgpt.data import SHAKESPEARE_SHA256, SHAKESPEARE_URL, DataError, fetch, prepare  # noqa: E402
 from microgpt.engines import create_engine  # noqa: E402
@@ -244,12 +246,7 @@ def gemm_floor(engine, rows: int, repeat: int = 200) -> float:
             np.dot(dy.T, xs[w.shape[1]])
             np.dot(dy, w)
 
-    times = []
-    for _ in range(repeat):
-        start = time.thread_time()
-        products()
-        times.append(time.thread_time() - start)
-    return statistics.median(times)
+    return statistics.median(times_of(products, repeat, time.thread_time))
 
 
 # --- the larger model on Shakespeare's lines ---------------------------------------------------------

@@ -44,6 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from timing import times_of  # noqa: E402
+
 MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12)
 RUNS = [("numpy", "float64"), ("torch", "float64"), ("torch", "float32"), ("torch", "bfloat16")]
 PEAK_N = 2048
@@ -71,12 +73,7 @@ def flops_per_token(num_params: int, vocab_size: int) -> tuple[int, int]:
 
 def best_seconds(f, repeat: int = 3) -> float:
     f()  # warm-up: thread pools, first-touch of the memory
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(times_of(f, repeat))
 
 
 def measure_peaks(device: str) -> dict[str, float]:

@@ -54,8 +54,33 @@ def _run_steps(engine_name: str, config: Config, steps: int):
     return engine, data, history.weights, history.losses
 
 
-def _example(data, step: int) -> list[int]:
-    return data.examples(step)[0]
+def _updates(engine_name: str, steps: int, **ablation):
+    """The first `steps` steps of a 10-step run of the small model with `ablation` (Config fields): the
+    config, the engine after them, and for each step the weights before it and after it (flat) and the
+    gradient of its document at the weights before it, from a fresh engine."""
+    config = Config(**SMALL, num_steps=10, **ablation)
+    engine, data, history, _ = _run_steps(engine_name, config, steps)
+    updates = [(_flat(history[step]), _flat(history[step + 1]),
+                _grad_at(engine_name, config, history[step], data.examples(step)[0], engine.vocab_size))
+               for step in range(steps)]
+    return config, engine, updates
+
+
+class _Adam:
+    """Adam's moments from its definition, m and v starting at 0; `direction` is what lr_t multiplies."""
+
+    def __init__(self, c: Config) -> None:
+        self.c = c
+        self.m = self.v = 0.0
+
+    def direction(self, g: np.ndarray, step: int, bias_correction: bool = True) -> np.ndarray:
+        c = self.c
+        self.m = c.beta1 * self.m + (1 - c.beta1) * g
+        self.v = c.beta2 * self.v + (1 - c.beta2) * g * g
+        m, v = self.m, self.v
+        if bias_correction:
+            m, v = m / (1 - c.beta1 ** (step + 1)), v / (1 - c.beta2 ** (step + 1))
+        return m / (np.sqrt(v) + c.eps_adam)
 
 
 @pytest.mark.parametrize("engine_name", engine_params())
@@ -72,25 +97,18 @@ def test_zero_grad_before_is_bit_identical_to_after(engine_name):
 
 @pytest.mark.parametrize("engine_name", engine_params())
 def test_sgd_is_plain_gradient_descent(engine_name):
-    config = Config(**SMALL, num_steps=10, optimizer="sgd", learning_rate=0.5)
-    engine, data, history, _ = _run_steps(engine_name, config, 3)
-    for step in range(3):
-        g = _grad_at(engine_name, config, history[step], _example(data, step), engine.vocab_size)
-        expected = _flat(history[step]) - learning_rate(step, config) * g
-        np.testing.assert_allclose(_flat(history[step + 1]), expected, rtol=0, atol=1e-13)
+    config, _, updates = _updates(engine_name, 3, optimizer="sgd", learning_rate=0.5)
+    for step, (before, after, g) in enumerate(updates):
+        np.testing.assert_allclose(after, before - learning_rate(step, config) * g, rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("engine_name", engine_params())
 def test_adam_without_bias_correction_uses_raw_moments(engine_name):
-    c = Config(**SMALL, num_steps=10, bias_correction=False)
-    engine, data, history, _ = _run_steps(engine_name, c, 3)
-    m = v = 0.0
-    for step in range(3):
-        g = _grad_at(engine_name, c, history[step], _example(data, step), engine.vocab_size)
-        m = c.beta1 * m + (1 - c.beta1) * g
-        v = c.beta2 * v + (1 - c.beta2) * g * g
-        expected = _flat(history[step]) - learning_rate(step, c) * m / (np.sqrt(v) + c.eps_adam)
-        np.testing.assert_allclose(_flat(history[step + 1]), expected, rtol=0, atol=1e-12)
+    c, _, updates = _updates(engine_name, 3, bias_correction=False)
+    adam = _Adam(c)
+    for step, (before, after, g) in enumerate(updates):
+        expected = before - learning_rate(step, c) * adam.direction(g, step, bias_correction=False)
+        np.testing.assert_allclose(after, expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("engine_name", engine_params())
@@ -101,10 +119,8 @@ def test_first_step_without_bias_correction_is_one_and_a_half_times_adams(engine
     (|g| well above eps / sqrt(1 - beta2) = 1e-7)."""
     steps = {}
     for correction in (True, False):
-        c = Config(**SMALL, num_steps=10, bias_correction=correction)
-        engine, data, history, _ = _run_steps(engine_name, c, 1)
-        steps[correction] = _flat(history[0]) - _flat(history[1])
-        g = _grad_at(engine_name, c, history[0], _example(data, 0), engine.vocab_size)
+        c, _, [(before, after, g)] = _updates(engine_name, 1, bias_correction=correction)
+        steps[correction] = before - after
     assert (1 - c.beta1) / math.sqrt(1 - c.beta2) == pytest.approx(1.5, rel=1e-12)
     clear = np.abs(g) > 1e-4
     assert clear.sum() > 0.5 * g.size  # most weights: the claim is about the typical weight
@@ -118,18 +134,13 @@ def test_first_step_without_bias_correction_is_one_and_a_half_times_adams(engine
 @pytest.mark.parametrize("engine_name", engine_params())
 def test_no_zero_grad_accumulates_every_earlier_gradient(engine_name):
     """5.8's contamination: the gradient used at step t is the sum of all gradients so far."""
-    c = Config(**SMALL, num_steps=10, zero_grad=False)
-    engine, data, history, _ = _run_steps(engine_name, c, 3)
+    c, engine, updates = _updates(engine_name, 3, zero_grad=False)
     total = 0.0
-    m = v = 0.0
-    for step in range(3):
-        total = total + _grad_at(engine_name, c, history[step], _example(data, step), engine.vocab_size)
-        m = c.beta1 * m + (1 - c.beta1) * total
-        v = c.beta2 * v + (1 - c.beta2) * total * total
-        m_hat = m / (1 - c.beta1 ** (step + 1))
-        v_hat = v / (1 - c.beta2 ** (step + 1))
-        expected = _flat(history[step]) - learning_rate(step, c) * m_hat / (np.sqrt(v_hat) + c.eps_adam)
-        np.testing.assert_allclose(_flat(history[step + 1]), expected, rtol=0, atol=1e-12)
+    adam = _Adam(c)
+    for step, (before, after, g) in enumerate(updates):
+        total = total + g
+        expected = before - learning_rate(step, c) * adam.direction(total, step)
+        np.testing.assert_allclose(after, expected, rtol=0, atol=1e-12)
     np.testing.assert_allclose(_flat(engine.optimizer_state()["grad"]), total, rtol=1e-12, atol=1e-14)
 
 
@@ -170,13 +181,11 @@ def test_min_lr_is_where_the_decay_ends(schedule):
 def test_grad_clip_scales_the_gradient_to_the_limit(engine_name):
     """With SGD the update is lr_t times the gradient used, so the clipped gradient can be read off the
     weights: g * clip / (|g| + 1e-6) when the global norm |g| is above clip."""
-    c = Config(**SMALL, num_steps=10, optimizer="sgd", learning_rate=0.5, grad_clip=0.05)
-    engine, data, history, _ = _run_steps(engine_name, c, 2)
-    for step in range(2):
-        g = _grad_at(engine_name, c, history[step], _example(data, step), engine.vocab_size)
+    c, _, updates = _updates(engine_name, 2, optimizer="sgd", learning_rate=0.5, grad_clip=0.05)
+    for step, (before, after, g) in enumerate(updates):
         norm = math.sqrt(float(np.sum(g * g)))
         assert norm > c.grad_clip  # the limit bites
-        used = (_flat(history[step]) - _flat(history[step + 1])) / learning_rate(step, c)
+        used = (before - after) / learning_rate(step, c)
         np.testing.assert_allclose(used, g * (c.grad_clip / (norm + 1e-6)), rtol=0, atol=1e-12)
         assert math.sqrt(float(np.sum(used * used))) == pytest.approx(c.grad_clip, rel=1e-4)
 
@@ -184,18 +193,12 @@ def test_grad_clip_scales_the_gradient_to_the_limit(engine_name):
 @pytest.mark.parametrize("engine_name", engine_params())
 def test_weight_decay_shrinks_every_weight_before_adam(engine_name):
     """AdamW's decoupled decay: p <- p - lr_t * wd * p, then Adam's update from the undecayed gradient."""
-    c = Config(**SMALL, num_steps=10, weight_decay=0.3)
-    engine, data, history, _ = _run_steps(engine_name, c, 2)
-    m = v = 0.0
-    for step in range(2):
-        g = _grad_at(engine_name, c, history[step], _example(data, step), engine.vocab_size)
-        m = c.beta1 * m + (1 - c.beta1) * g
-        v = c.beta2 * v + (1 - c.beta2) * g * g
-        m_hat, v_hat = m / (1 - c.beta1 ** (step + 1)), v / (1 - c.beta2 ** (step + 1))
-        lr, p = learning_rate(step, c), _flat(history[step])
+    c, _, updates = _updates(engine_name, 2, weight_decay=0.3)
+    adam = _Adam(c)
+    for step, (p, after, g) in enumerate(updates):
+        lr = learning_rate(step, c)
         decayed = p - lr * c.weight_decay * p
-        expected = decayed - lr * m_hat / (np.sqrt(v_hat) + c.eps_adam)
-        np.testing.assert_allclose(_flat(history[step + 1]), expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(after, decayed - lr * adam.direction(g, step), rtol=0, atol=1e-12)
 
 
 def test_ablations_change_the_run():

@@ -266,31 +266,30 @@ def random_graph(seed: int) -> Value:
     return sum(rng.sample(pool, min(len(pool), 3)), pool[-1])
 
 
-@pytest.mark.parametrize("seed", range(25))
-def test_topological_order_is_the_recursive_post_order(seed):
-    root = random_graph(seed)
+@pytest.fixture(params=range(25), ids=str)
+def root(request) -> Value:
+    """The root of random_graph(seed), for 25 seeds."""
+    return random_graph(request.param)
+
+
+def test_topological_order_is_the_recursive_post_order(root):
     order = topological_order(root)
-    want = recursive_post_order(root)
-    assert [id(v) for v in order] == [id(v) for v in want]
+    assert [id(v) for v in order] == [id(v) for v in recursive_post_order(root)]
     assert len({id(v) for v in order}) == len(order)  # each node once
     assert order[-1] is root
     position = {id(v): i for i, v in enumerate(order)}
     assert all(position[id(c)] < position[id(v)] for v in order for c in v._children)  # operands first
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_backward_accumulates_in_the_recursive_order(seed):
+def test_backward_accumulates_in_the_recursive_order(root):
     """backward() is the chain rule applied in reverse post-order: the same sums, bit for bit."""
-    root = random_graph(seed)
-    root.backward()
-    got = [v.grad for v in recursive_post_order(root)]
-    for v in recursive_post_order(root):
-        v.grad = 0
-    root.grad = 1
-    for v in reversed(recursive_post_order(root)):
+    order = recursive_post_order(root)
+    want = {id(root): 1}  # d root / d v, kept here rather than in the Values
+    for v in reversed(order):
         for child, local in zip(v._children, v._local_grads):
-            child.grad += local * v.grad
-    assert got == [v.grad for v in recursive_post_order(root)]
+            want[id(child)] = want.get(id(child), 0) + local * want.get(id(v), 0)
+    root.backward()
+    assert [v.grad for v in order] == [want.get(id(v), 0) for v in order]
 
 
 def test_topological_order_of_a_leaf_and_of_a_deep_chain():

@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import re
 import signal
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NAMES, assert_one_line_error, engine_marks, run_cli, run_module, step_records
+from conftest import (
+    NAMES,
+    assert_one_line_error,
+    closed_port,
+    engine_marks,
+    restored,
+    run_cli,
+    run_module,
+    step_records,
+)
 
 from microgpt.checkpoint import load_checkpoint
-from microgpt.engines import ENGINES, create_engine
+from microgpt.engines import ENGINES
 
 # Quick settings for the cases that do train.
 QUICK = ["--steps", "2", "--num-samples", "1", "--quiet"]
@@ -166,12 +173,6 @@ def test_metrics_in_a_missing_folder(names_few, tmp_path):
     assert not (tmp_path / "no").exists()
 
 
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_unreachable_data_url_names_it_and_the_way_out(tmp_path):
     cache = tmp_path / "cache"
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
@@ -234,8 +235,7 @@ def test_divergence_exits_1_naming_the_step_and_keeps_the_last_good_checkpoint(t
     checkpoint = load_checkpoint(ck)
     assert checkpoint.step == step - 1 >= 1
     assert f"step {checkpoint.step}" in lines[0] and str(ck) in lines[0]
-    fresh = create_engine(engine, checkpoint.config, len(checkpoint.vocab) + 1, random.Random(0))
-    checkpoint.restore(fresh)
+    fresh = restored(checkpoint, engine)
     # "Good": weights a run can continue from, so none of them infinite or NaN.
     bad = [name for name, w in fresh.state_dict().items() if not np.all(np.isfinite(np.asarray(w, dtype=float)))]
     assert bad == [], f"the checkpoint kept as the last good one has non-finite weights in {bad}"

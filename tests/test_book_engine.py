@@ -15,7 +15,6 @@ from conftest import SPEC_FIRST_LOSSES, default_run
 
 from microgpt.config import Config
 from microgpt.engines.scalar import ScalarEngine, no_cycle_collection
-from microgpt.errors import UserError
 
 
 def short_run(**overrides) -> dict:
@@ -53,11 +52,6 @@ def test_no_cycle_collection_pauses_and_restores_the_collector():
     with pytest.raises(RuntimeError), no_cycle_collection():
         raise RuntimeError("the collector comes back on the way out of an error too")
     assert gc.isenabled()
-
-
-def test_the_book_engine_has_no_dropout():
-    with pytest.raises(UserError, match="scalar engine has no dropout"):
-        ScalarEngine(Config(dropout=0.1), 27, random.Random(0))
 
 
 def test_its_parameters_are_the_book_values_the_optimizer_updates():

@@ -16,18 +16,8 @@ import random
 
 import numpy as np
 import pytest
-from conftest import IN_CI, NAMES, SPEC_SAMPLES, run_cli, samples_of
-from test_explain import (
-    BROWSER_MISSING,
-    OpenPage,
-    chromium,
-    explain,
-    needs_browser,
-    page_json,
-    train_run,
-    training_docs,
-    walk,
-)
+from conftest import NAMES, SPEC_SAMPLES, OpenPage, needs_browser, run_cli, samples_of
+from test_explain import explain, numpy_prediction, page_json, training_docs, walk
 
 from microgpt.checkpoint import load_checkpoint
 from microgpt.config import Config
@@ -43,31 +33,8 @@ PANELS = ("training", "samples", "prediction", "attention", "sampling", "step")
 
 
 @pytest.fixture(scope="module")
-def browser():
-    if BROWSER_MISSING and IN_CI:
-        pytest.fail(f"{BROWSER_MISSING}: CI=true runs the browser tests")
-    if BROWSER_MISSING:
-        pytest.skip(BROWSER_MISSING)
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """The book's default run, 1,000 steps with a snapshot every 100 (shared with test_explain when both run)."""
-    return train_run(tmp_path_factory.getbasetemp() / "book-run", "--data", NAMES)
-
-
-@pytest.fixture(scope="module")
-def tab(browser, run) -> OpenPage:
-    return OpenPage(browser, explain(run))
-
-
-def probabilities(engine, tokens: list[int]) -> np.ndarray:
-    """softmax of the NumPy engine's logits at every position of tokens[:-1]."""
-    logits = engine.logits(tokens[:-1])
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    return p / p.sum(1, keepdims=True)
+def tab(browser, book) -> OpenPage:
+    return OpenPage(browser, explain(book))
 
 
 def table(tab: OpenPage) -> list[dict]:
@@ -108,12 +75,8 @@ def shown(tokenizer: Tokenizer, i: int) -> str:
     return "<BOS>" if i == tokenizer.BOS else tokenizer.chars[i]
 
 
-def assert_table_is_the_engines(tab: OpenPage, run, text: str, step: int) -> None:
-    checkpoint = load_checkpoint(run)
-    tokenizer = Tokenizer(checkpoint.vocab)
-    tokens = tokenizer.example(text)[:17]
-    engine, _ = load_model(checkpoint, "numpy", step=step)
-    p = probabilities(engine, tokens)
+def assert_table_is_the_engines(tab: OpenPage, book, text: str, step: int) -> None:
+    tokenizer, tokens, _, p = numpy_prediction(book, text, step)
     rows = table(tab)
     assert len(rows) == len(tokens) - 1
     for pos, row in enumerate(rows):
@@ -140,14 +103,14 @@ def test_page_loads_from_disk_with_no_request_and_no_error(tab):
 # --- one prediction, inside ----------------------------------------------------------------------
 
 
-def test_prediction_table_shows_the_numpy_engines_numbers(tab, run):
+def test_prediction_table_shows_the_numpy_engines_numbers(tab, book):
     assert tab.evaluate("document.getElementById('text-box').value") == training_docs()[0]
-    assert_table_is_the_engines(tab, run, training_docs()[0], 1000)
+    assert_table_is_the_engines(tab, book, training_docs()[0], 1000)
 
 
-def test_trace_prints_the_numbers_the_page_shows(tab, run):
+def test_trace_prints_the_numbers_the_page_shows(tab, book):
     tab.page.fill("#text-box", "emma")
-    rc, out, err = run_cli("trace", "--checkpoint", run, "--text", "emma")
+    rc, out, err = run_cli("trace", "--checkpoint", book, "--text", "emma")
     assert rc == 0, err
     printed = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
     for row, cols in zip(table(tab), printed, strict=True):
@@ -155,10 +118,10 @@ def test_trace_prints_the_numbers_the_page_shows(tab, run):
         assert row["top"] == [f"{a} {b}" for a, b in zip(cols[5::2], cols[6::2])]
 
 
-def test_typing_redraws_the_prediction_and_the_attention(tab, run):
+def test_typing_redraws_the_prediction_and_the_attention(tab, book):
     tab.page.fill("#text-box", "")
     tab.page.type("#text-box", "mia")  # keystroke by keystroke
-    assert_table_is_the_engines(tab, run, "mia", 1000)
+    assert_table_is_the_engines(tab, book, "mia", 1000)
     assert tab.evaluate("document.querySelectorAll('canvas.heatmap').length") == 4
     # A character outside the vocabulary: the reason in words, no table, no console error.
     tab.page.fill("#text-box", "Mia")
@@ -170,10 +133,10 @@ def test_typing_redraws_the_prediction_and_the_attention(tab, run):
     assert "first 16 predictions" in tab.evaluate("document.getElementById('text-note').textContent")
 
 
-def test_attention_rows_sum_to_one_and_are_the_engines(tab, run):
+def test_attention_rows_sum_to_one_and_are_the_engines(tab, book):
     tab.page.fill("#text-box", "emma")
     attention = tab.evaluate("explainPage.state.prediction.attention")
-    checkpoint = load_checkpoint(run)
+    checkpoint = load_checkpoint(book)
     tokens = Tokenizer(checkpoint.vocab).example("emma")
     engine, _ = load_model(checkpoint, "numpy")
     [layer] = engine.attention(tokens[:-1])
@@ -185,22 +148,22 @@ def test_attention_rows_sum_to_one_and_are_the_engines(tab, run):
             np.testing.assert_allclose(row, layer[h, t, :t + 1], rtol=0, atol=1e-12)
 
 
-def test_step_slider_moves_prediction_attention_and_sampling(tab, run):
+def test_step_slider_moves_prediction_attention_and_sampling(tab, book):
     tab.page.fill("#text-box", "emma")
     before = tab.evaluate("explainPage.state.distribution")
     set_range(tab, "#snapshot-slider", 3)
     assert tab.evaluate("document.getElementById('snapshot-step').textContent") == "300"
-    assert_table_is_the_engines(tab, run, "emma", 300)
-    engine, _ = load_model(load_checkpoint(run), "numpy", step=300)
+    assert_table_is_the_engines(tab, book, "emma", 300)
+    engine, _ = load_model(load_checkpoint(book), "numpy", step=300)
     attention = tab.evaluate("explainPage.state.prediction.attention[0][2][4]")
-    np.testing.assert_allclose(attention, engine.attention(Tokenizer(load_checkpoint(run).vocab).example("emma")[:-1])
+    np.testing.assert_allclose(attention, engine.attention(Tokenizer(load_checkpoint(book).vocab).example("emma")[:-1])
                                [0][2, 4], rtol=0, atol=1e-12)
     after = tab.evaluate("explainPage.state.distribution")
     assert after != before
     np.testing.assert_allclose(after, sample_probs(engine.next_logits(26, 0, engine.new_cache()), 0.5), rtol=1e-13)
     assert tab.evaluate("document.querySelector('table.samples tr.current').dataset.step") == "300"
     set_range(tab, "#snapshot-slider", 0)
-    assert_table_is_the_engines(tab, run, "emma", 0)  # step 0: the initial weights, near-uniform guesses
+    assert_table_is_the_engines(tab, book, "emma", 0)  # step 0: the initial weights, near-uniform guesses
     set_range(tab, "#snapshot-slider", 10)
 
 
@@ -211,14 +174,14 @@ def drawn(tab: OpenPage) -> list[str]:
     return tab.evaluate("[...document.querySelectorAll('#draws li')].map((li) => li.dataset.text)")
 
 
-def test_draw_button_prints_what_sample_prints(tab, run):
+def test_draw_button_prints_what_sample_prints(tab, book):
     set_range(tab, "#snapshot-slider", 10)
     tab.page.fill("#seed-box", "")
     tab.page.click("#draw-button")
     assert drawn(tab) == SPEC_SAMPLES  # the checkpoint's generator: the run's own 20 names
     assert "microgpt sample --checkpoint" in tab.evaluate("document.getElementById('draw-command').textContent")
     tab.page.click("#draw-button")  # again: the generator goes on, as one run of 40 samples
-    rc, out, _ = run_cli("sample", "--checkpoint", run, "--num-samples", 40)
+    rc, out, _ = run_cli("sample", "--checkpoint", book, "--num-samples", 40)
     assert drawn(tab) == samples_of(out)
     assert "--num-samples 40" in tab.evaluate("document.getElementById('draw-command').textContent")
 
@@ -228,7 +191,7 @@ def test_draw_button_prints_what_sample_prints(tab, run):
     set_range(tab, "#top-k", 6)
     tab.page.fill("#seed-box", "12345")
     tab.page.click("#draw-button")
-    rc, out, _ = run_cli("sample", "--checkpoint", run, "--snapshot", 500, "--seed", 12345, "--temperature", 0.8,
+    rc, out, _ = run_cli("sample", "--checkpoint", book, "--snapshot", 500, "--seed", 12345, "--temperature", 0.8,
                          "--top-k", 6)
     assert drawn(tab) == samples_of(out)
     command = tab.evaluate("document.getElementById('draw-command').textContent")
@@ -238,15 +201,15 @@ def test_draw_button_prints_what_sample_prints(tab, run):
     # A prompt: every document starts with it, as `sample --prompt` gives them.
     tab.page.fill("#prompt-box", "ka")
     tab.page.click("#draw-button")
-    rc, out, _ = run_cli("sample", "--checkpoint", run, "--snapshot", 500, "--seed", 12345, "--temperature", 0.8,
+    rc, out, _ = run_cli("sample", "--checkpoint", book, "--snapshot", 500, "--seed", 12345, "--temperature", 0.8,
                          "--top-k", 6, "--prompt", "ka")
     assert drawn(tab) == samples_of(out) and all(s.startswith("ka") for s in drawn(tab))
     assert "--prompt ka" in tab.evaluate("document.getElementById('draw-command').textContent")
     tab.page.fill("#prompt-box", "")
 
 
-def test_samples_panel_marks_copies_and_new_documents(tab, run):
-    data = page_json(run / "explain.html")
+def test_samples_panel_marks_copies_and_new_documents(tab, book):
+    data = page_json(book / "explain.html")
     rows = tab.evaluate("""() => [...document.querySelectorAll('table.samples tr[data-step]')].map((tr) =>
       [...tr.querySelectorAll('.mark')].map((m) => [m.textContent, m.classList.contains('new') ? 'new' : 'copy']))""")
     known = set(load_docs(NAMES))
@@ -261,8 +224,8 @@ def test_samples_panel_marks_copies_and_new_documents(tab, run):
 # --- training and the microscope -------------------------------------------------------------
 
 
-def test_hovering_the_loss_chart_shows_step_loss_and_document(tab, run):
-    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()[1:]]
+def test_hovering_the_loss_chart_shows_step_loss_and_document(tab, book):
+    losses = [json.loads(line)["loss"] for line in (book / "metrics.jsonl").read_text().splitlines()[1:]]
     docs = training_docs()
     for step in (1, 37, 500, 1000):
         x, y = chart_point(tab, step)
@@ -280,8 +243,8 @@ def test_hovering_the_loss_chart_shows_step_loss_and_document(tab, run):
     assert tab.evaluate("explainPage.state.microStep") == shown_step
 
 
-def test_running_mean_is_the_mean_of_each_window(tab, run):
-    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()[1:]]
+def test_running_mean_is_the_mean_of_each_window(tab, book):
+    losses = [json.loads(line)["loss"] for line in (book / "metrics.jsonl").read_text().splitlines()[1:]]
     page = tab.evaluate("explainPage.runningMean(explainPage.data.training.loss, 100)")
     direct = [sum(losses[max(0, i - 99):i + 1]) / len(losses[max(0, i - 99):i + 1]) for i in range(len(losses))]
     np.testing.assert_allclose(page, direct, rtol=1e-12)
@@ -289,17 +252,17 @@ def test_running_mean_is_the_mean_of_each_window(tab, run):
     assert gaps == [1, 1.5, None, None, 4.5, 5.5]  # a diverged step leaves a gap only where its windows reach
 
 
-def test_microscope_shows_the_steps_graph_loss_and_gradients(tab, run):
+def test_microscope_shows_the_steps_graph_loss_and_gradients(tab, book):
     step = 37
     set_range(tab, "#micro-slider", step)
     doc = training_docs()[step - 1]
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()[1:]]
+    records = [json.loads(line) for line in (book / "metrics.jsonl").read_text().splitlines()[1:]]
     record = records[step - 1]
     shown_doc = tab.evaluate("document.querySelector('#micro-summary .micro-doc').textContent")
     loss = tab.evaluate("Number(document.querySelector('#micro-summary .micro-loss').dataset.value)")
     assert shown_doc == doc and loss == record["loss"]
     # The graph: the book engine's, built here for this document, counted node by node.
-    tokenizer = Tokenizer(load_checkpoint(run).vocab)
+    tokenizer = Tokenizer(load_checkpoint(book).vocab)
     params = init_params(Config(), 27, random.Random(0))
     nodes = walk(document_loss(tokenizer.example(doc), params, Config()))
     assert tab.evaluate("Number(document.querySelector('.graph-total').dataset.value)") == len(nodes)
@@ -340,15 +303,10 @@ def test_page_stayed_offline_and_error_free(tab):
 # --- text mode --------------------------------------------------------------------------------
 
 
-def test_text_mode_page_shows_windows_and_draws_continuations(browser, tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "text-run"
-    data_file = folder.parent / "names-stream.txt"
-    if not data_file.exists():
-        data_file.write_text("\n".join(load_docs(NAMES)[:3000]) + "\n", encoding="utf-8")
-    run = train_run(folder, "--data", data_file, "--data-format", "text", "--steps", "200", "--checkpoint-every", "100")
-    tab = OpenPage(browser, explain(run))
+def test_text_mode_page_shows_windows_and_draws_continuations(browser, text_run):
+    tab = OpenPage(browser, explain(text_run))
     assert tab.evaluate("document.getElementById('text-box').tagName") == "TEXTAREA"
-    windows = page_json(run / "explain.html")["training"]["windows"]
+    windows = page_json(text_run / "explain.html")["training"]["windows"]
     x, y = chart_point(tab, 100)
     tab.page.mouse.move(x, y)
     hover = tab.evaluate("document.querySelector('#training-hover .hover-doc').textContent")
@@ -357,6 +315,6 @@ def test_text_mode_page_shows_windows_and_draws_continuations(browser, tmp_path_
     tab.page.fill("#seed-box", "5")
     tab.page.click("#draw-button")
     tab.page.wait_for_selector("#draws li")  # drawn a few characters at a time
-    rc, out, _ = run_cli("sample", "--checkpoint", run, "--seed", 5, "--max-tokens", 200)
+    rc, out, _ = run_cli("sample", "--checkpoint", text_run, "--seed", 5, "--max-tokens", 200)
     assert out.startswith("\n" + drawn(tab)[0] + "\n")
     assert tab.errors() == [] and set(tab.requests) == {tab.url}

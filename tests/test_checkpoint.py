@@ -31,6 +31,7 @@ from conftest import (
     available_engines,
     engine_params,
     final_state,
+    restored,
     run_cli,
     run_headers,
     run_module,
@@ -274,8 +275,7 @@ def test_sample_and_eval_agree_across_engines(trained, small_data, tmp_path, wri
     tokenizer = Tokenizer(checkpoint.vocab)
     losses = {}
     for reader in readers:
-        engine = create_engine(reader, checkpoint.config, tokenizer.vocab_size, random.Random(0))
-        checkpoint.restore(engine)
+        engine = restored(checkpoint, reader)
         losses[reader] = [engine.evaluate(tokenizer.example(doc)) for doc in docs]
         engine.close()
     for reader in readers:
@@ -301,8 +301,7 @@ def test_eval_prints_loss_perplexity_and_uniform_baseline(numpy_ck, small_data):
     # The mean per-token loss, recomputed here: each document's mean loss weighted by its predictions.
     checkpoint = load_checkpoint(numpy_ck)
     tokenizer = Tokenizer(checkpoint.vocab)
-    engine = create_engine("numpy", checkpoint.config, 27, random.Random(0))
-    checkpoint.restore(engine)
+    engine = restored(checkpoint)
     total = count = 0.0
     for doc in load_docs(small_data):
         tokens = tokenizer.example(doc)
@@ -362,8 +361,7 @@ def test_sample_with_a_seed_is_the_books_sampling_from_that_generator(numpy_ck):
     assert rc == 0, err
     checkpoint = load_checkpoint(numpy_ck)
     tokenizer = Tokenizer(checkpoint.vocab)
-    engine = create_engine("scalar", checkpoint.config, tokenizer.vocab_size, random.Random(0))
-    checkpoint.restore(engine)
+    engine = restored(checkpoint, "scalar")
     rng = random.Random(9)
     assert samples_of(out) == [sample(engine, tokenizer, rng, 0.7) for _ in range(6)]
 
@@ -405,8 +403,7 @@ def test_top_k_one_is_greedy_and_ignores_the_seed(numpy_ck):
     # Argmax decoding by hand: always the likeliest next token, until BOS or block_size tokens.
     checkpoint = load_checkpoint(numpy_ck)
     tokenizer = Tokenizer(checkpoint.vocab)
-    engine = create_engine("numpy", checkpoint.config, tokenizer.vocab_size, random.Random(0))
-    checkpoint.restore(engine)
+    engine = restored(checkpoint)
     cache, token, greedy = engine.new_cache(), tokenizer.BOS, []
     for pos in range(checkpoint.config.block_size):
         logits = list(engine.next_logits(token, pos, cache))
@@ -440,8 +437,7 @@ def test_a_version_1_checkpoint_loads(v1):
     data, _ = prepare(checkpoint.config, v1 / "tiny.txt", checkpoint.vocab)
     assert data.fingerprint == checkpoint.meta["data_fingerprint"]
     for engine_name in available_engines():
-        engine = create_engine(engine_name, checkpoint.config, data.tokenizer.vocab_size, random.Random(0))
-        checkpoint.restore(engine)
+        engine = restored(checkpoint, engine_name)
         # The weights at step 7 give step 8's logged loss on step 8's document.
         ref = [r["loss"] for r in step_records(v1 / "ref-v1.jsonl")]
         assert engine.evaluate(data.examples(7)[0]) == pytest.approx(ref[7], abs=1e-12)

@@ -14,7 +14,6 @@ from conftest import assert_one_line_error, run_cli, write_synthetic_run
 from test_plot import bad_metrics_files, direct_mean, write_plain
 
 from microgpt import cli
-from microgpt import compare as compare_module
 from microgpt.cli import build_parser, config_overrides
 from microgpt.compare import parse_run, run_labels
 from microgpt.config import TRAJECTORY_FIELDS, Config
@@ -34,13 +33,10 @@ def write_run(path: Path, head: dict, num_steps: int, seed: int, floor: float, s
                                val_loss=lambda step: floor + 0.1 if val and step == num_steps else None)
 
 
-@pytest.fixture
-def figures(monkeypatch) -> list:
-    """The figures `compare` saves, kept for inspection (and still written)."""
-    saved = []
-    real_save = compare_module.save_figure
-    monkeypatch.setattr(compare_module, "save_figure", lambda fig, path: (saved.append(fig), real_save(fig, path)))
-    return saved
+def compare(capsys, *args) -> str:
+    """`microgpt compare ARGS` in this process: it succeeds; what it printed."""
+    assert cli.main(["compare", *map(str, args)]) == 0
+    return capsys.readouterr().out
 
 
 # --- labels --------------------------------------------------------------------------------------------------
@@ -158,8 +154,7 @@ def test_compare_runs_of_one_file(tmp_path, figures, capsys):
     path = tmp_path / "runs.jsonl"
     records = [write_run(path, header(learning_rate=lr), steps, seed, 2.3, 0.01)
                for lr, steps, seed in [(0.01, 120, 1), (0.02, 150, 2), (0.01, 110, 3)]]
-    assert cli.main(["compare", f"{path}@1", f"{path}@2", str(path), "-o", str(tmp_path / "c.png")]) == 0
-    rows = parse_table(capsys.readouterr().out)
+    rows = parse_table(compare(capsys, f"{path}@1", f"{path}@2", path, "-o", tmp_path / "c.png"))
     # the last run is the default; runs 1 and 3 share their settings, so their names tell them apart
     assert list(rows) == ["baseline (runs.jsonl@1)", "--lr 0.02", "baseline (runs.jsonl@3)"]
     assert [int(row[0]) for row in rows.values()] == [len(r) for r in records]
@@ -202,8 +197,7 @@ def test_compare_table_holds_each_runs_figures(three_runs, capsys):
     tmp_path, records = three_runs
     paths = [str(tmp_path / n) for n in ("base.jsonl", "sgd.jsonl", "cos.jsonl")]
     out = tmp_path / "compare.png"
-    assert cli.main(["compare", *paths, "-o", str(out), "--window", "50"]) == 0
-    printed = capsys.readouterr().out
+    printed = compare(capsys, *paths, "-o", out, "--window", 50)
     assert table_head(printed) == ["run", "steps", "final loss", "mean of last 50", "min loss", "val loss",
                                    "wall time"]
     rows = parse_table(printed)
@@ -230,18 +224,14 @@ def test_compare_table_holds_each_runs_figures(three_runs, capsys):
 def test_the_table_says_when_a_mean_is_of_all_steps(tmp_path, capsys):
     short = {name: write_run(tmp_path / name, header(seed=seed), 40, seed, 2.3, 0.01)
              for name, seed in [("a.jsonl", 42), ("b.jsonl", 2)]}
-    assert cli.main(["compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "-o",
-                     str(tmp_path / "c.png")]) == 0
-    printed = capsys.readouterr().out
+    printed = compare(capsys, tmp_path / "a.jsonl", tmp_path / "b.jsonl", "-o", tmp_path / "c.png")
     assert table_head(printed)[3] == "mean of all 40"
     rows = parse_table(printed)
     for name, label in [("a.jsonl", "baseline"), ("b.jsonl", "--seed 2")]:
         assert float(rows[label][2]) == pytest.approx(math.fsum(r["loss"] for r in short[name]) / 40, abs=5e-5)
 
     long = write_run(tmp_path / "long.jsonl", header(seed=3), 150, 3, 2.3, 0.01)
-    assert cli.main(["compare", str(tmp_path / "a.jsonl"), str(tmp_path / "long.jsonl"), "-o",
-                     str(tmp_path / "c.png")]) == 0
-    printed = capsys.readouterr().out
+    printed = compare(capsys, tmp_path / "a.jsonl", tmp_path / "long.jsonl", "-o", tmp_path / "c.png")
     assert table_head(printed)[3] == "mean of last 100"
     rows = parse_table(printed)
     assert rows["--seed 3"][2] == f"{math.fsum(r['loss'] for r in long[-100:]) / 100:.4f}"
@@ -274,12 +264,10 @@ def test_compare_draws_each_run_raw_and_smoothed(three_runs, figures):
 def test_compare_draws_one_uniform_level_per_vocabulary(tmp_path, figures, capsys):
     write_run(tmp_path / "names.jsonl", header(data="/d/names.txt", vocab_size=27), 60, 1, 2.3, 0.01)
     write_run(tmp_path / "shake.jsonl", header(data="/d/tinyshakespeare.txt", vocab_size=66), 60, 2, 2.0, 0.01)
-    argv = ["compare", str(tmp_path / "names.jsonl"), str(tmp_path / "shake.jsonl"), "-o", str(tmp_path / "c.svg")]
-    assert cli.main(argv) == 0
+    printed = compare(capsys, tmp_path / "names.jsonl", tmp_path / "shake.jsonl", "-o", tmp_path / "c.svg")
     levels = sorted(line.get_ydata()[0] for line in figures[0].axes[0].get_lines()
                     if line.get_label().startswith("uniform guess"))
     assert levels == pytest.approx([math.log(27), math.log(66)])
-    printed = capsys.readouterr().out
     assert "--data names.txt" in printed and "--data tinyshakespeare.txt" in printed
     assert "<svg" in (tmp_path / "c.svg").read_text()[:2000]
 
@@ -293,10 +281,8 @@ def test_a_diverged_run_is_marked_and_does_not_flatten_the_others(tmp_path, figu
     head["config"]["zero_grad"] = False
     (tmp_path / "nozg.jsonl").write_text(json.dumps(head) + "\n" + "".join(lines[1:]))
     write_plain(tmp_path / "sgd50.jsonl", [3.37, 207.0, math.inf])
-    argv = ["compare", str(tmp_path / "adam.jsonl"), str(tmp_path / "nozg.jsonl"), str(tmp_path / "sgd50.jsonl"),
-            "-o", str(tmp_path / "c.png")]
-    assert cli.main(argv) == 0
-    printed = capsys.readouterr().out
+    printed = compare(capsys, tmp_path / "adam.jsonl", tmp_path / "nozg.jsonl", tmp_path / "sgd50.jsonl",
+                      "-o", tmp_path / "c.png")
 
     limit = 2 * math.log(27)
     means = direct_mean(climb, 100)

@@ -11,13 +11,12 @@ import hashlib
 import http.server
 import random
 import shutil
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import NAMES, write_docs
+from conftest import NAMES, closed_port, write_docs
 
 import microgpt.data
 from microgpt.config import Config, ConfigError
@@ -78,13 +77,13 @@ def test_the_names_dataset_ships_in_the_package_with_its_pinned_sha256():
 
 
 def test_a_damaged_names_dataset_is_refused(tmp_path, monkeypatch):
-    package = tmp_path / "microgpt"
-    (package / "datasets").mkdir(parents=True)
-    (package / "datasets" / "names.txt").write_bytes(NAMES.read_bytes()[:-10])
-    monkeypatch.setattr(microgpt.data.resources, "files", lambda name: package)
+    datasets = tmp_path / "microgpt" / "datasets"
+    datasets.mkdir(parents=True)
+    (datasets / "names.txt").write_bytes(NAMES.read_bytes()[:-10])
+    monkeypatch.setattr(microgpt.data, "DATASETS", datasets)
     with pytest.raises(DataError, match="missing or damaged: reinstall"):
         names_path()
-    (package / "datasets" / "names.txt").unlink()
+    (datasets / "names.txt").unlink()
     with pytest.raises(DataError, match="--data FILE"):
         names_path()
 
@@ -342,6 +341,19 @@ def quiet(text: str) -> None:
     pass
 
 
+@pytest.fixture
+def names_served(served):
+    """`served`, with PAYLOAD as names.txt."""
+    server, root, cache = served
+    write(root / "names.txt", PAYLOAD)
+    return server, cache
+
+
+def fetch_names(server) -> Path:
+    """names.txt from the test server, checked against PAYLOAD's sha256, without progress lines."""
+    return fetch(server.url("names.txt"), sha256=PAYLOAD_SHA, progress=quiet)
+
+
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MICROGPT_CACHE", str(tmp_path / "mine"))
     assert cache_dir() == tmp_path / "mine"
@@ -353,16 +365,15 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "home" / ".cache" / "microgpt"
 
 
-def test_download_verifies_caches_and_reuses(served):
-    server, root, cache = served
-    write(root / "names.txt", PAYLOAD)
-    path = fetch(server.url("names.txt"), sha256=PAYLOAD_SHA, progress=quiet)
+def test_download_verifies_caches_and_reuses(names_served):
+    server, cache = names_served
+    path = fetch_names(server)
     assert path.parent == cache and path.name.endswith("-names.txt")
     assert path.read_bytes() == PAYLOAD
     assert server.requests == ["/names.txt"]
     assert load_docs(path) == ["emma", "olivia", "ava"]
     # Second call: served from the cache, the server is not asked again, with or without the sha256.
-    assert fetch(server.url("names.txt"), sha256=PAYLOAD_SHA, progress=quiet) == path
+    assert fetch_names(server) == path
     assert fetch(server.url("names.txt"), progress=quiet) == path
     assert server.requests == ["/names.txt"]
     assert sorted(p.name for p in cache.iterdir()) == [path.name]  # no temporary file left
@@ -395,32 +406,24 @@ def test_checksum_mismatch_caches_nothing(served):
     write(root / "names.txt", b"tampered\n")
     cache.mkdir()  # an existing, empty cache folder: it must stay empty
     with pytest.raises(DataError) as info:
-        fetch(server.url("names.txt"), sha256=PAYLOAD_SHA, progress=quiet)
+        fetch_names(server)
     assert server.requests == ["/names.txt"]
     assert "sha256" in str(info.value) and "nothing was cached" in str(info.value)
     assert list(cache.iterdir()) == []  # neither the file nor a temporary file
     # Nothing was cached, so the next call asks the server again (and fails again).
     with pytest.raises(DataError):
-        fetch(server.url("names.txt"), sha256=PAYLOAD_SHA, progress=quiet)
+        fetch_names(server)
     assert server.requests == ["/names.txt", "/names.txt"]
 
 
-def test_corrupt_cache_is_downloaded_again(served):
-    server, root, cache = served
-    write(root / "names.txt", PAYLOAD)
-    first = fetch(server.url("names.txt"), sha256=PAYLOAD_SHA, progress=quiet)
+def test_corrupt_cache_is_downloaded_again(names_served):
+    server, cache = names_served
+    first = fetch_names(server)
     write(first, b"half a fi")
-    path = fetch(server.url("names.txt"), sha256=PAYLOAD_SHA, progress=quiet)
+    path = fetch_names(server)
     assert path == first and path.read_bytes() == PAYLOAD
     assert server.requests == ["/names.txt", "/names.txt"]
     assert sorted(p.name for p in cache.iterdir()) == [path.name]
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_url_names_the_url_and_the_data_flag(served):

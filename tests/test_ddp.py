@@ -46,12 +46,7 @@ DRIVER = textwrap.dedent("""
     data, rng = prepare(config, data_file)
     engine = create_engine("torch", config, data.tokenizer.vocab_size, rng, device="cpu")
     losses = []
-
-    def record(step, loss, lr):
-        losses.append(loss)
-        return False
-
-    train(engine, data, config, on_step=record)
+    train(engine, data, config, on_step=lambda step, loss, lr: losses.append(loss) and False)
     weights = engine.state_dict()
     np.save(f"{out}/weights{engine.rank}.npy", np.concatenate([w.ravel() for w in weights.values()]))
     np.save(f"{out}/losses{engine.rank}.npy", np.array(losses))

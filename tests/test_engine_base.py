@@ -272,3 +272,11 @@ def test_engine_options_refuse_a_flag_the_engine_does_not_take():
 def test_unknown_engine_is_a_user_error():
     with pytest.raises(UserError, match="pick one of " + ", ".join(ENGINES)):
         create_engine("jax", Config(), 27, random.Random(0))
+
+
+@pytest.mark.parametrize("name, says", [("scalar", "the scalar engine has no dropout (the book's model has none)"),
+                                        ("numpy", "the numpy engine has no dropout yet")])
+def test_engines_without_dropout_refuse_it_naming_the_one_with_it(name, says):
+    with pytest.raises(UserError) as refused:
+        create_engine(name, Config(dropout=0.1), 27, random.Random(0))
+    assert str(refused.value) == f"{says}: use --engine torch, or drop --dropout"

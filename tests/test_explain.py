@@ -12,20 +12,28 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import random
 import re
 import shutil
 import struct
 import warnings
 from bisect import bisect_right
-from contextlib import contextmanager
 from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IN_CI, NAMES, SPEC_SAMPLES, assert_one_line_error, run_cli, run_module, samples_of
+from conftest import (
+    NAMES,
+    SPEC_SAMPLES,
+    OpenPage,
+    assert_one_line_error,
+    needs_browser,
+    run_cli,
+    run_module,
+    samples_of,
+    train_run,
+)
 from safetensors.numpy import load_file
 
 from microgpt.checkpoint import load_checkpoint
@@ -38,78 +46,9 @@ from microgpt.sample import sample_probs
 from microgpt.tokenizer import Tokenizer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 
 
-# --- the browser, when there is one -------------------------------------------------------------
-
-
-def chromium_path() -> str | None:
-    """$CHROMIUM if set (and there), else the system's chromium."""
-    if os.environ.get("CHROMIUM"):
-        return os.environ["CHROMIUM"] if os.access(os.environ["CHROMIUM"], os.X_OK) else None
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _browser_missing() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "Playwright for Python is not installed (pip install -e \".[dev]\")"
-    if chromium_path() is None:
-        return "Chromium is not installed (apt-get install chromium), or set CHROMIUM to its path"
-    return None
-
-
-BROWSER_MISSING = _browser_missing()
-# Outside CI a missing browser skips with its reason; under CI=true the tests run and fail without one.
-needs_browser = pytest.mark.skipif(BROWSER_MISSING is not None and not IN_CI, reason=BROWSER_MISSING or "")
-
-
-@contextmanager
-def chromium():
-    """A headless Chromium, the system's own (Playwright cannot download browsers everywhere)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-class OpenPage:
-    """A page opened from disk, recording every console message, page error and request."""
-
-    def __init__(self, browser, path: Path, width: int = 1280) -> None:
-        self.page = browser.new_page(viewport={"width": width, "height": 900})
-        self.url = path.resolve().as_uri()
-        self.messages: list[tuple[str, str]] = []
-        self.requests: list[str] = []
-        self.page.on("console", lambda m: self.messages.append((m.type, m.text)))
-        self.page.on("pageerror", lambda e: self.messages.append(("pageerror", str(e))))
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.goto(self.url)
-        self.page.wait_for_selector("body[data-ready]", timeout=30_000)
-
-    def evaluate(self, script: str, arg=None):
-        return self.page.evaluate(script, arg)
-
-    def errors(self) -> list[tuple[str, str]]:
-        return [(kind, text) for kind, text in self.messages if kind in ("error", "pageerror", "warning")]
-
-
-# --- runs to explain ----------------------------------------------------------------------------
-
-
-def train_run(folder: Path, *flags) -> Path:
-    """`microgpt train --out folder` (numpy engine), once per test session: a finished checkpoint is reused."""
-    if not (folder / "checkpoint.json").is_file():
-        rc, out, err = run_cli("train", "--out", folder, "--quiet", *flags)
-        assert rc == 0, err
-    return folder
+# --- the pages of the runs (conftest.py trains them) ---------------------------------------------
 
 
 def explain(folder: Path, *flags, name: str = "explain.html") -> Path:
@@ -128,34 +67,8 @@ def page_json(path: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def book(tmp_path_factory) -> Path:
-    """The book's default run (1,000 steps, a snapshot every 100), about half a second on the NumPy engine."""
-    return train_run(tmp_path_factory.getbasetemp() / "book-run", "--data", NAMES)
-
-
-@pytest.fixture(scope="session")
 def book_page(book) -> Path:
     return explain(book)
-
-
-@pytest.fixture(scope="session")
-def text_run(tmp_path_factory) -> Path:
-    """A text-mode run: names as one stream of characters, newlines included, 200 steps."""
-    folder = tmp_path_factory.getbasetemp() / "text-run"
-    data = folder.parent / "names-stream.txt"
-    if not data.exists():
-        data.write_text("\n".join(load_docs(NAMES)[:3000]) + "\n", encoding="utf-8")
-    return train_run(folder, "--data", data, "--data-format", "text", "--steps", "200", "--checkpoint-every", "100")
-
-
-@pytest.fixture(scope="module")  # one Playwright at a time: each module starts and closes its own
-def browser():
-    if BROWSER_MISSING and IN_CI:
-        pytest.fail(f"{BROWSER_MISSING}: CI=true runs the browser tests")
-    if BROWSER_MISSING:
-        pytest.skip(BROWSER_MISSING)
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")
@@ -375,6 +288,19 @@ def trace_rows(stdout: str) -> list[list[str]]:
     return rows
 
 
+def numpy_prediction(folder: Path, text: str, step: int | None = None):
+    """`text` as the prediction table takes it, through the NumPy engine at `step`: the checkpoint's
+    tokenizer, the text's tokens (block_size + 1 at most), the engine, and the softmax of its logits
+    at every position of tokens[:-1]."""
+    checkpoint = load_checkpoint(folder)
+    tokenizer = Tokenizer(checkpoint.vocab)
+    tokens = tokenizer.example(text)[:17]
+    engine, _ = load_model(checkpoint, "numpy", step=step)
+    logits = engine.logits(tokens[:-1])
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return tokenizer, tokens, engine, p / p.sum(1, keepdims=True)
+
+
 def scalar_probabilities(checkpoint, tokens: list[int], step: int | None = None) -> list[list[float]]:
     """The book engine, one position at a time with its key/value cache: softmax of each position's logits."""
     engine, _ = load_model(checkpoint, "scalar", step=step)
@@ -393,14 +319,8 @@ def test_trace_prints_the_engines_probabilities(book, text, step):
     flags = ["--snapshot", step] if step is not None else []
     rc, out, err = run_cli("trace", "--checkpoint", book, "--text", text, *flags)
     assert rc == 0, err
-    checkpoint = load_checkpoint(book)
-    tokenizer = Tokenizer(checkpoint.vocab)
-    tokens = tokenizer.example(text)[:17]
-    numpy_engine, _ = load_model(checkpoint, "numpy", step=step)
-    logits = numpy_engine.logits(tokens[:-1])
-    numpy_p = np.exp(logits - logits.max(1, keepdims=True))
-    numpy_p /= numpy_p.sum(1, keepdims=True)
-    book_p = scalar_probabilities(checkpoint, tokens, step)
+    tokenizer, tokens, numpy_engine, numpy_p = numpy_prediction(book, text, step)
+    book_p = scalar_probabilities(load_checkpoint(book), tokens, step)
     rows = trace_rows(out)
     assert len(rows) == len(tokens) - 1 == min(16, len(text) + 1)
     for pos, row in enumerate(rows):

@@ -21,7 +21,6 @@ import io
 import json
 import math
 import os
-import random
 import re
 import shutil
 import signal
@@ -31,7 +30,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_FLAGS, interrupt_after, run_cli, write_docs
+from conftest import SMALL_FLAGS, TINY_DOCS, run_cli_interrupted, write_docs
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -40,7 +39,6 @@ from microgpt.cli import main
 from microgpt.config import Config
 from microgpt.metrics import RUN_HEADER, STEP, read_metrics
 
-DOCS = ["".join(random.Random(i).choice("abcdefgh") for _ in range(2 + i % 5)) for i in range(60)]
 EXPLORE = int(os.environ.get("MICROGPT_FUZZ_EXAMPLES", "0"))
 
 
@@ -258,10 +256,8 @@ def outcome(name: str, *args, seconds: float = 10) -> int | None:
 def _stopped_run(root: Path, data: Path, *more) -> Path:
     """A checkpoint folder of a 20-step run stopped after step 12, with its metrics file."""
     folder = root / "run"
-    with interrupt_after(12):
-        rc, _, err = run_cli("train", "--data", data, *SMALL_FLAGS, "--steps", "20", "--checkpoint-every", "5",
-                             "--num-samples", "2", "--quiet", "--out", folder, *more)
-    assert rc == 130, err
+    run_cli_interrupted("train", "--data", data, *SMALL_FLAGS, "--steps", "20", "--checkpoint-every", "5",
+                        "--num-samples", "2", "--quiet", "--out", folder, *more, step=12)
     return folder
 
 
@@ -269,7 +265,7 @@ def _stopped_run(root: Path, data: Path, *more) -> Path:
 def base(tmp_path_factory) -> Path:
     """A stopped run of the book's kind: one document per line."""
     root = tmp_path_factory.mktemp("fuzz")
-    return _stopped_run(root, write_docs(root / "docs.txt", DOCS))
+    return _stopped_run(root, write_docs(root / "docs.txt", TINY_DOCS))
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +273,7 @@ def text_base(tmp_path_factory) -> Path:
     """A stopped run on a text stream: windows drawn from a generator of their own, held-out windows."""
     root = tmp_path_factory.mktemp("fuzz-text")
     text = root / "text.txt"
-    text.write_text("\n".join(DOCS * 4) + "\n", encoding="utf-8")
+    text.write_text("\n".join(TINY_DOCS * 4) + "\n", encoding="utf-8")
     return _stopped_run(root, text, "--data-format", "text", "--eval-windows", "20")
 
 
@@ -327,6 +323,14 @@ def check_checkpoint_folder(folder: Path, meta=None) -> None:
             assert_readable_after(folder)
 
 
+def _parsed(raw: bytes):
+    """The JSON value of a file's or a line's bytes, read as UTF-8 as the tool reads them; None if they are not JSON."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 # --- checkpoint.json -----------------------------------------------------------------------------------------
 
 
@@ -341,10 +345,7 @@ def test_a_mutated_checkpoint_json_works_or_is_one_line(base, text_base, data):
         shutil.copytree(base, folder)
         if raw:
             payload = mutate_bytes(data, (base / "checkpoint.json").read_bytes())
-            try:
-                parsed = json.loads(payload)
-            except ValueError:
-                parsed = None
+            parsed = _parsed(payload)
             if parsed is not None and (slow_validation(parsed) or heavy(parsed)):
                 return
             meta = parsed
@@ -396,13 +397,6 @@ def test_a_mutated_state_file_with_a_matching_sha256_works_or_is_one_line(base, 
 
 
 # --- metrics files -------------------------------------------------------------------------------------------
-
-
-def _parsed(line: bytes):
-    try:
-        return json.loads(line.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def mutate_metrics(data, raw: bytes) -> bytes:

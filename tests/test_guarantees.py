@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import resource
 import shutil
 import signal
@@ -33,20 +32,20 @@ from pathlib import Path
 import pytest
 from conftest import (
     SMALL_FLAGS,
+    TINY_DOCS,
+    assert_ok_or_one_line_error,
     assert_one_line_error,
-    interrupt_after,
     run_cli,
+    run_cli_interrupted,
     run_module,
     samples_of,
     step_records,
+    whole_checkpoint_step,
     write_docs,
 )
 
 from microgpt.checkpoint import load_checkpoint
-from microgpt.engines import create_engine
 
-# Sixty short documents over eight letters: a vocabulary of 9 tokens, a model of under a thousand numbers.
-DOCS = ["".join(random.Random(i).choice("abcdefgh") for _ in range(2 + i % 5)) for i in range(60)]
 TINY = [*SMALL_FLAGS, "--num-samples", "3", "--quiet"]
 BASE_STEPS, BASE_STOP = 20, 12  # the shared checkpoint: a 20-step run stopped after step 12
 
@@ -70,15 +69,6 @@ def files_of(folder: Path) -> dict[str, bytes]:
             if p.is_file() and not p.is_symlink() and p.name != ".lock"}
 
 
-def restore_ok(folder: Path) -> int:
-    """The checkpoint in `folder` is whole: its JSON checks, its state matches its sha256 and an engine takes it."""
-    checkpoint = load_checkpoint(folder)
-    engine = create_engine("numpy", checkpoint.config, len(checkpoint.vocab) + 1, random.Random(0))
-    checkpoint.restore(engine)
-    engine.close()
-    return checkpoint.step
-
-
 def assert_whole_lines(path: Path) -> list[dict]:
     """A metrics file made of whole JSON lines only; its records."""
     raw = path.read_bytes()
@@ -87,17 +77,10 @@ def assert_whole_lines(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_docs(tmp_path_factory.mktemp("data") / "docs.txt", DOCS)
-
-
-@pytest.fixture(scope="module")
 def base(tmp_path_factory, data) -> Path:
     """A checkpoint folder of a 20-step run stopped by Ctrl-C after step 12 (so a resume trains on)."""
     folder = tmp_path_factory.mktemp("base") / "run"
-    with interrupt_after(BASE_STOP):
-        rc, _, err = run_cli(*train_args(data, folder, BASE_STEPS, "--checkpoint-every", "5"))
-    assert rc == 130, err
+    run_cli_interrupted(*train_args(data, folder, BASE_STEPS, "--checkpoint-every", "5"), step=BASE_STOP)
     assert load_checkpoint(folder).step == BASE_STOP
     return folder
 
@@ -118,6 +101,12 @@ def command(name: str, folder: Path) -> list[str]:
 
 
 READERS = ["sample", "eval", "resume"]
+
+
+@pytest.fixture(params=["train", "sample"])
+def train_or_sample(request, data, base) -> list[str]:
+    """The two commands that take sampling flags: a new run on the data, or sampling from the shared checkpoint."""
+    return train_args(data) if request.param == "train" else command("sample", base)
 
 
 # --- a checkpoint never decides where anything is written ----------------------------------------------
@@ -142,8 +131,7 @@ def test_a_checkpoints_metrics_name_cannot_make_a_resume_write_elsewhere(ck, tmp
 
     result = run_cli(*command("resume", ck))
 
-    if result[0] != 0:  # refusing the hint is fine; writing through it is not
-        assert_one_line_error(result, "metrics")
+    assert_ok_or_one_line_error(result, "metrics")  # refusing the hint is fine; writing through it is not
     assert outside.read_bytes() == before
     if where == "subfolder":
         assert (ck / "sub" / "victim.jsonl").read_bytes() == before_sub
@@ -245,8 +233,7 @@ def test_finite_but_huge_weights_sample_or_are_one_line(ck, cmd):
         result = run_cli(*command(cmd, ck))
     except ValueError as e:
         pytest.fail(f"{cmd} raised ValueError: {e}")
-    if result[0] != 0:
-        assert_one_line_error(result, str(ck))
+    assert_ok_or_one_line_error(result, str(ck))
 
 
 def test_a_state_file_error_never_prints_the_files_raw_bytes(ck):
@@ -306,16 +293,13 @@ def test_a_lock_file_that_is_a_symlink_cannot_overwrite_what_it_points_to(ck, tm
     result = run_cli(*command("resume", ck))
 
     assert victim.read_text(encoding="utf-8") == "precious\n"
-    if result[0] != 0:
-        assert_one_line_error(result, ".lock")
+    assert_ok_or_one_line_error(result, ".lock")
 
 
 def test_a_lock_file_that_is_a_fifo_is_one_line(ck):
     (ck / ".lock").unlink()
     os.mkfifo(ck / ".lock")
-    proc = run_module(*command("resume", ck), timeout=60)
-    if proc.returncode != 0:
-        assert_one_line_error(proc, str(ck))
+    assert_ok_or_one_line_error(run_module(*command("resume", ck), timeout=60), str(ck))
 
 
 def test_a_metrics_symlink_in_the_folder_cannot_make_a_resume_write_outside(ck, tmp_path):
@@ -327,8 +311,7 @@ def test_a_metrics_symlink_in_the_folder_cannot_make_a_resume_write_outside(ck, 
     result = run_cli(*command("resume", ck))
 
     assert not outside.exists()
-    if result[0] != 0:
-        assert_one_line_error(result, "metrics")
+    assert_ok_or_one_line_error(result, "metrics")
 
 
 def test_a_snapshots_symlink_cannot_make_a_resume_write_outside(ck, tmp_path):
@@ -340,8 +323,7 @@ def test_a_snapshots_symlink_cannot_make_a_resume_write_outside(ck, tmp_path):
     result = run_cli(*command("resume", ck), "--checkpoint-every", "2")
 
     assert list(outside.iterdir()) == []
-    if result[0] != 0:
-        assert_one_line_error(result, "snapshots")
+    assert_ok_or_one_line_error(result, "snapshots")
 
 
 # --- write errors found before the work ------------------------------------------------------------------
@@ -431,7 +413,7 @@ def test_a_file_size_limit_hit_by_the_metrics_keeps_the_last_checkpoint(data, ba
     records = assert_whole_lines(out / "metrics.jsonl")
     logged = [r["step"] for r in records if r["type"] == "step"]
     assert logged == list(range(1, len(logged) + 1))
-    saved = restore_ok(out)
+    saved = whole_checkpoint_step(out)
     assert saved % 5 == 0 and 0 < saved <= logged[-1]
     assert not list(out.glob(".*.tmp"))
     sampled = run_cli("sample", "--checkpoint", out, "--num-samples", "2")
@@ -474,7 +456,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_whole_metrics_lines(data, tmp
 
     line = assert_one_line_error(proc, "cannot write", code=1)
     assert "No space left" in line
-    saved = restore_ok(copy)
+    saved = whole_checkpoint_step(copy)
     logged = [r["step"] for r in assert_whole_lines(copy / "metrics.jsonl") if r["type"] == "step"]
     assert logged == list(range(1, len(logged) + 1)) and saved <= logged[-1]
     if "is kept" in line:  # the message names the checkpoint that is really there
@@ -492,10 +474,8 @@ def test_a_model_too_big_for_memory_is_refused_at_once_with_the_estimate(data, f
     assert time.monotonic() - started < 15
 
 
-@pytest.mark.parametrize("cmd", ["train", "sample"])
-def test_a_temperature_of_5e_324_is_refused_before_training(data, base, cmd):
-    args = train_args(data) if cmd == "train" else command("sample", base)
-    rc, out, err = run_cli(*args, "--temperature", "5e-324")
+def test_a_temperature_of_5e_324_is_refused_before_training(train_or_sample):
+    rc, out, err = run_cli(*train_or_sample, "--temperature", "5e-324")
     assert_one_line_error((rc, out, err), "--temperature", "0.01")
     assert "num docs" not in out and not samples_of(out)
 
@@ -511,10 +491,8 @@ def test_a_fifo_as_data_is_refused_without_blocking(data, base, tmp_path, cmd):
     assert time.monotonic() - started < 30
 
 
-@pytest.mark.parametrize("cmd", ["train", "sample"])
-def test_a_negative_seed_is_refused(data, base, cmd):
-    args = train_args(data) if cmd == "train" else command("sample", base)
-    assert_one_line_error(run_cli(*args, "--seed", "-1"), "--seed", "-1")
+def test_a_negative_seed_is_refused(train_or_sample):
+    assert_one_line_error(run_cli(*train_or_sample, "--seed", "-1"), "--seed", "-1")
 
 
 def _capped(limit: int):
@@ -525,7 +503,7 @@ def _capped(limit: int):
 
 def test_text_eval_windows_too_big_for_memory_is_refused_before_training(tmp_path):
     text = tmp_path / "text.txt"
-    text.write_text("\n".join(DOCS * 10) + "\n", encoding="utf-8")
+    text.write_text("\n".join(TINY_DOCS * 10) + "\n", encoding="utf-8")
     try:
         proc = run_module("train", "--data", text, "--data-format", "text", *TINY, "--steps", "5",
                           "--eval-windows", 10 ** 9, timeout=30, preexec_fn=_capped(400 << 20))
@@ -538,7 +516,7 @@ def test_text_eval_windows_too_big_for_memory_is_refused_before_training(tmp_pat
 @pytest.mark.parametrize("cmd", ["train", "sample"])
 def test_a_text_without_newlines_trains_and_samples(tmp_path, cmd):
     text = tmp_path / "one-line.txt"
-    text.write_text(" ".join(DOCS * 10), encoding="utf-8")  # one long line, no newline at all
+    text.write_text(" ".join(TINY_DOCS * 10), encoding="utf-8")  # one long line, no newline at all
     out = tmp_path / "run"
     rc, stdout, err = run_cli("train", "--data", text, "--data-format", "text", *TINY, "--steps", "5", "--out", out)
     if cmd == "sample":
@@ -651,8 +629,7 @@ def test_metrics_values_that_cannot_be_drawn_are_one_line_or_drawn(base, tmp_pat
         result = run_cli(*args)
     except Exception as e:  # noqa: BLE001 - what the user would see as a traceback
         pytest.fail(f"{cmd} raised {type(e).__name__}: {e}")
-    if result[0] != 0:
-        assert_one_line_error(result, str(metrics))
+    assert_ok_or_one_line_error(result, str(metrics))
 
 
 # --- output that cannot be written ---------------------------------------------------------------------
@@ -683,6 +660,6 @@ def test_the_shared_checkpoint_is_readable_by_every_command(base, tmp_path):
     for cmd in READERS:
         rc, out, err = run_cli(*command(cmd, copy))
         assert rc == 0, (cmd, err)
-    assert restore_ok(copy) == BASE_STEPS
+    assert whole_checkpoint_step(copy) == BASE_STEPS
     assert stat.S_ISREG((copy / "metrics.jsonl").stat().st_mode)
     assert [r["step"] for r in step_records(copy / "metrics.jsonl")] == list(range(1, BASE_STEPS + 1))

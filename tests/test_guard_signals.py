@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,9 @@ from conftest import (
     run_cli,
     samples_of,
     step_records,
-    write_docs,
+    whole_checkpoint_step,
 )
 
-from microgpt.checkpoint import load_checkpoint
-from microgpt.engines import create_engine
-
-DOCS = ["".join(random.Random(i).choice("abcdefgh") for _ in range(2 + i % 5)) for i in range(60)]
 # A model whose checkpoint (25 MB of weights, moments and gradients) takes a good part of a second to
 # write, so a second Ctrl-C sent right after the first lands while it saves.
 SLOW_SAVE = ["--n-embd", "128", "--n-head", "2", "--n-layer", "4", "--block-size", "8", "--keep-snapshots", "none",
@@ -83,6 +80,13 @@ class Child:
         raise AssertionError(f"no line with {text!r}; stdout: {''.join(self.out)[-2000:]} "
                              f"stderr: {''.join(self.err)[-2000:]}")
 
+    def wait_until(self, ready: Callable[[], bool], every: float, timeout: float = 120) -> None:
+        """Poll `ready()` every `every` seconds until it holds; fail if the process ends first, or after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert time.monotonic() < deadline and self.proc.poll() is None, "".join(self.err)
+            time.sleep(every)
+
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
@@ -110,20 +114,6 @@ def child():
     yield start
     for c in started:
         c.kill()
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_docs(tmp_path_factory.mktemp("data") / "docs.txt", DOCS)
-
-
-def whole(folder: Path) -> int:
-    """The checkpoint in `folder` is whole (JSON checked, sha256 and shapes verified by restoring it); its step."""
-    checkpoint = load_checkpoint(folder)
-    engine = create_engine("numpy", checkpoint.config, len(checkpoint.vocab) + 1, random.Random(0))
-    checkpoint.restore(engine)
-    engine.close()
-    return checkpoint.step
 
 
 def tiny(data: Path, out: Path, steps: int, *more) -> list[str]:
@@ -160,21 +150,18 @@ def test_a_run_stopped_by_a_signal_resumes_exactly(data, tmp_path, child, refere
     out = tmp_path / "run"
     run = child(*tiny(data, out, EXACT_STEPS, "--checkpoint-every", "500"), ignore_sigint=ignore_sigint)
     if signum == signal.SIGKILL:  # no warning at all: after the first checkpoint, at any moment
-        deadline = time.monotonic() + 120
-        while not (out / "checkpoint.json").exists():
-            assert time.monotonic() < deadline and run.proc.poll() is None, "".join(run.err)
-            time.sleep(0.01)
+        run.wait_until((out / "checkpoint.json").exists, every=0.01)
         time.sleep(random.Random(0).uniform(0, 0.2))
         run.signal(signum)
         rc, _, stderr = run.finish()
-        stopped = whole(out)
+        stopped = whole_checkpoint_step(out)
     else:
         run.wait_for("step    1 /")
         run.signal(signum)
         said = run.wait_for("saving a checkpoint at step", timeout=10)  # at once, not after the run
         rc, _, stderr = run.finish()
         stopped = int(said.split("at step ")[1].split("...")[0])
-        assert whole(out) == stopped
+        assert whole_checkpoint_step(out) == stopped
         assert [r["step"] for r in step_records(out / "metrics.jsonl")] == list(range(1, stopped + 1))
         assert f"--resume {out}" in stderr
 
@@ -204,17 +191,14 @@ def test_a_second_ctrl_c_while_saving_says_still_saving_and_the_save_completes(d
     assert rc == 130, stderr
     assert "Traceback" not in stderr
     stopped = int(said.split("at step ")[1].split("...")[0])
-    assert whole(out) == stopped  # the save went on to the end
+    assert whole_checkpoint_step(out) == stopped  # the save went on to the end
     assert f"checkpoint saved in {out}" in stderr
 
 
 def test_a_third_ctrl_c_quits_at_once_and_the_previous_checkpoint_stays_whole(data, tmp_path, child):
     out = tmp_path / "run"
     run = child(*tiny(data, out, 100000, "--checkpoint-every", "20", *SLOW_SAVE))
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.json").exists():  # a previous checkpoint to keep
-        assert time.monotonic() < deadline and run.proc.poll() is None, "".join(run.err)
-        time.sleep(0.05)
+    run.wait_until((out / "checkpoint.json").exists, every=0.05)  # a previous checkpoint to keep
     run.wait_for("step    1 /")
     run.signal(signal.SIGINT)
     run.wait_for("saving a checkpoint at step", timeout=30)
@@ -227,7 +211,8 @@ def test_a_third_ctrl_c_quits_at_once_and_the_previous_checkpoint_stays_whole(da
     assert rc == 130, stderr
     assert time.monotonic() - third < 10  # at once, not after further steps
     assert "Traceback" not in stderr
-    assert whole(out) % 20 == 0 or "checkpoint saved" in stderr  # the previous one, or the new one if it was done
+    # The previous checkpoint, or the new one if it was done.
+    assert whole_checkpoint_step(out) % 20 == 0 or "checkpoint saved" in stderr
     sampled = run_cli("sample", "--checkpoint", out, "--num-samples", "2")
     assert sampled[0] == 0, sampled[2]
 
@@ -263,10 +248,7 @@ def test_a_second_run_on_a_training_folder_is_refused_at_once_naming_the_process
 
     out = tmp_path / "run"
     first = child(*tiny(data, out, steps, "--checkpoint-every", "100", "--quiet"))
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.json").exists():
-        assert time.monotonic() < deadline and first.proc.poll() is None, "".join(first.err)
-        time.sleep(0.02)
+    first.wait_until((out / "checkpoint.json").exists, every=0.02)
 
     started = time.monotonic()
     second = run_cli("train", "--resume", out, "--quiet")
@@ -279,16 +261,13 @@ def test_a_second_run_on_a_training_folder_is_refused_at_once_naming_the_process
     rc, _, err = first.finish(timeout=300)
     assert rc == 0, err
     assert losses(out / "metrics.jsonl") == losses(other / "metrics.jsonl")
-    assert whole(out) == steps
+    assert whole_checkpoint_step(out) == steps
 
 
 def test_a_second_new_run_on_a_folder_being_trained_is_refused_naming_the_process(data, tmp_path, child):
     out = tmp_path / "run"
     first = child(*tiny(data, out, 3000, "--checkpoint-every", "1000000", "--quiet"))
-    deadline = time.monotonic() + 120
-    while not ((out / ".lock").exists() and (out / ".lock").read_text().strip()):
-        assert time.monotonic() < deadline and first.proc.poll() is None, "".join(first.err)
-        time.sleep(0.02)
+    first.wait_until(lambda: (out / ".lock").exists() and (out / ".lock").read_text().strip() != "", every=0.02)
 
     second = run_cli(*tiny(data, out, 3000, "--quiet"))
 

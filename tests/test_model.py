@@ -182,20 +182,25 @@ def test_gpt_with_cache_matches_torch_full_sequence():
 def recursion_needed(root: Value) -> int:
     """How many nested calls a recursive depth-first topological sort from root would make.
 
-    The deepest stack of the same depth-first search (operands left to right, each node once),
-    run here with an explicit stack.
+    The recursive sort (operands left to right, each node once), with each call a generator that
+    yields the calls it would make, so that Python's own stack stays flat while they are counted.
     """
-    seen, stack, deepest = {root}, [(root, iter(root._children))], 1
-    while stack:
-        _, children = stack[-1]
-        for child in children:
+    seen = set()
+
+    def visit(node: Value):
+        seen.add(node)
+        for child in node._children:
             if child not in seen:
-                seen.add(child)
-                stack.append((child, iter(child._children)))
-                deepest = max(deepest, len(stack))
-                break
+                yield child  # visit(child)
+
+    calls, deepest = [visit(root)], 1
+    while calls:
+        child = next(calls[-1], None)
+        if child is None:
+            calls.pop()
         else:
-            stack.pop()
+            calls.append(visit(child))
+            deepest = max(deepest, len(calls))
     return deepest
 
 

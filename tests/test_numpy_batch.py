@@ -7,8 +7,9 @@ where the causal mask keeps every real position from the padding after it. The r
 - the book engine (`microgpt.engines.scalar`, `Value` autograd), which loops over the documents:
   loss and every gradient to 1e-9, as the engines' contract states (they agree to about 1e-15);
 - the NumPy engine itself, one document per pass (what it did before batching), the gradients
-  accumulated and divided by B: to 1e-12, since only the order of the sums differs;
-- for each layer pair, the same pair called document by document on (T, C): to 1e-13.
+  accumulated and divided by B: to 1e-12, since only the order of the sums differs.
+
+Each layer pair on a batch against the same pair document by document: test_numpy_engine.py.
 """
 
 from __future__ import annotations
@@ -18,35 +19,16 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, run_cli, samples_of, start_run, step_records, write_docs
+from conftest import GOLDEN, assert_close, run_cli, samples_of, start_run, step_records, write_docs
 
 from microgpt.config import Config
 from microgpt.data import prepare
-from microgpt.engines.numpy_engine import (
-    Grid,
-    NumpyEngine,
-    attention_backward,
-    attention_forward,
-    block_backward,
-    block_forward,
-    cross_entropy_backward,
-    cross_entropy_forward,
-    embedding_backward,
-    embedding_forward,
-    linear_backward,
-    linear_forward,
-    mlp_backward,
-    mlp_forward,
-    pad_batch,
-    rmsnorm_backward,
-    rmsnorm_forward,
-)
+from microgpt.engines.numpy_engine import Grid, NumpyEngine, pad_batch
 from microgpt.engines.scalar import ScalarEngine
 from microgpt.train import TrainingDiverged, train
 
 BOOK_TOL = 1e-9  # against the book engine
 SELF_TOL = 1e-12  # against the NumPy engine one document per pass
-LAYER_TOL = 1e-13  # a layer pair on a batch against the same pair per document
 
 VOCAB = 11  # 10 characters and BOS
 BOS = VOCAB - 1
@@ -79,19 +61,27 @@ def gradients(engine) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.float64) for k, v in engine.optimizer_state()["grad"].items()}
 
 
-def assert_close(what: str, got, want, tol: float) -> None:
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, (what, got.shape, want.shape)
-    err = float(np.abs(got - want).max()) if got.size else 0.0
-    assert err <= tol, f"{what}: largest difference {err:.3e} > {tol:g}"
+def twins(config: Config, seed: int, *engine_classes, vocab_size: int = VOCAB) -> list:
+    """One engine of each class, all starting from the same weights (each draws from a generator seeded alike)."""
+    return [cls(config, vocab_size, random.Random(seed)) for cls in engine_classes]
+
+
+def forward_backward(engine, batch: list[list[int]]) -> float:
+    """One forward and one backward pass over the batch; its loss."""
+    loss = engine.forward(batch)
+    engine.backward()
+    return loss
+
+
+def assert_gradients_close(got_engine, want_engine, tol: float) -> None:
+    want = gradients(want_engine)
+    for matrix, g in gradients(got_engine).items():
+        assert_close(f"gradient of {matrix}", g, want[matrix], tol)
 
 
 def one_document_per_pass(engine: NumpyEngine, batch: list[list[int]]) -> float:
     """What the engine did before batching: a forward/backward per document, gradients summed, then / B."""
-    losses = []
-    for tokens in batch:
-        losses.append(engine.forward([tokens]))
-        engine.backward()
+    losses = [forward_backward(engine, [tokens]) for tokens in batch]
     engine.scale_grad(1 / len(batch))
     return sum(losses) / len(batch)
 
@@ -99,50 +89,38 @@ def one_document_per_pass(engine: NumpyEngine, batch: list[list[int]]) -> float:
 # --- the whole batch against the book engine and against one document per pass -------------------
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_batch_matches_the_book_engine(name):
-    config, batch = case(name)
-    book = ScalarEngine(config, VOCAB, random.Random(3))
-    fast = NumpyEngine(config, VOCAB, random.Random(3))
-    want_loss = book.forward(batch)
-    book.backward()
-    got_loss = fast.forward(batch)
-    fast.backward()
-    assert_close("loss", got_loss, want_loss, BOOK_TOL)
-    want = gradients(book)
-    for matrix, g in gradients(fast).items():
-        assert_close(f"gradient of {matrix}", g, want[matrix], BOOK_TOL)
-    assert any(np.abs(g).max() > 1e-3 for g in want.values())  # the comparison is not of zeros
+# reference -> (its engine, how it takes the batch, the tolerance, the seed of both engines' weights)
+REFERENCES = {
+    "book-engine": (ScalarEngine, forward_backward, BOOK_TOL, 3),
+    "one-document-per-pass": (NumpyEngine, one_document_per_pass, SELF_TOL, 5),
+}
 
 
+@pytest.mark.parametrize("reference", list(REFERENCES))
 @pytest.mark.parametrize("name", list(CASES))
-def test_batch_matches_one_document_per_pass(name):
+def test_batch_matches_the_reference(name, reference):
+    """The batch's loss and every gradient, in one pass, against the reference's."""
+    engine_class, reference_pass, tol, seed = REFERENCES[reference]
     config, batch = case(name)
-    batched = NumpyEngine(config, VOCAB, random.Random(5))
-    looped = NumpyEngine(config, VOCAB, random.Random(5))
-    assert_close("loss", batched.forward(batch), one_document_per_pass(looped, batch), SELF_TOL)
-    batched.backward()
-    assert_close("gradients", batched.grads, looped.grads, SELF_TOL)
+    want, got = twins(config, seed, engine_class, NumpyEngine)
+    assert_close("loss", forward_backward(got, batch), reference_pass(want, batch), tol)
+    assert_gradients_close(got, want, tol)
+    assert any(np.abs(g).max() > 1e-3 for g in gradients(want).values())  # the comparison is not of zeros
 
 
 def test_a_batch_of_copies_is_the_document_alone():
     config, batch = case("book-model")
-    alone, copies = NumpyEngine(config, VOCAB, random.Random(1)), NumpyEngine(config, VOCAB, random.Random(1))
-    loss = alone.forward(batch[:1])
-    alone.backward()
-    assert_close("loss", copies.forward(batch[:1] * 4), loss, SELF_TOL)
-    copies.backward()
+    alone, copies = twins(config, 1, NumpyEngine, NumpyEngine)
+    assert_close("loss", forward_backward(copies, batch[:1] * 4), forward_backward(alone, batch[:1]), SELF_TOL)
     assert_close("gradients", copies.grads, alone.grads, SELF_TOL)
 
 
 def test_gradients_accumulate_across_batches():
     config, batch = case("two-layers")
     engine = NumpyEngine(config, VOCAB, random.Random(2))
-    engine.forward(batch)
-    engine.backward()
+    forward_backward(engine, batch)
     once = engine.grads.copy()
-    engine.forward(batch)
-    engine.backward()
+    forward_backward(engine, batch)
     assert_close("twice", engine.grads, 2 * once, SELF_TOL)
     twice = engine.grads.copy()
     engine.backward()  # nothing saved any more: adds nothing
@@ -164,8 +142,7 @@ def test_padded_positions_never_reach_the_loss():
     assert pad_batch(batch, config.block_size)[1][1, -1] == 0  # the padding's target is token 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loss = engine.forward(batch)
-        engine.backward()
+        loss = forward_backward(engine, batch)
     assert np.isfinite(loss) and np.isfinite(engine.grads).all()
     reference = NumpyEngine(config, VOCAB, random.Random(0))
     reference.load_state_dict(weights)
@@ -204,16 +181,12 @@ def test_text_mode_windows_match_the_book_engine(tmp_path):
     for step in range(3):
         batch = data.examples(step)
         assert {len(tokens) for tokens in batch} == {config.block_size + 1}
-        book, fast = ScalarEngine(config, vocab, random.Random(step)), NumpyEngine(config, vocab, random.Random(step))
-        looped = NumpyEngine(config, vocab, random.Random(step))
-        want = book.forward(batch)
-        book.backward()
+        book, fast, looped = twins(config, step, ScalarEngine, NumpyEngine, NumpyEngine, vocab_size=vocab)
         got = fast.forward(batch)
         assert fast._saved.grid.index is None  # equal lengths: the batch is reshaped, not padded
         fast.backward()
-        assert_close("loss", got, want, BOOK_TOL)
-        for matrix, g in gradients(fast).items():
-            assert_close(f"gradient of {matrix}", g, gradients(book)[matrix], BOOK_TOL)
+        assert_close("loss", got, forward_backward(book, batch), BOOK_TOL)
+        assert_gradients_close(fast, book, BOOK_TOL)
         assert_close("loss, one window per pass", got, one_document_per_pass(looped, batch), SELF_TOL)
         assert_close("gradients, one window per pass", fast.grads, looped.grads, SELF_TOL)
 
@@ -268,131 +241,3 @@ def test_a_diverging_batch_gives_an_infinite_loss_without_warnings():
         engine.backward()
         with pytest.raises(TrainingDiverged):
             train(engine, data, config)
-
-
-# --- each layer pair takes a batch (B, T, C) as it takes one document (T, C) -----------------------
-
-
-@pytest.fixture
-def rs() -> np.random.Generator:
-    return np.random.default_rng(0)
-
-
-B, T, C, H = 3, 5, 8, 2
-
-
-def per_document(f, *batched):
-    """f on each document's slice of the batched arrays, the results stacked back (tuples element-wise)."""
-    results = [f(*(a[b] for a in batched)) for b in range(len(batched[0]))]
-    if isinstance(results[0], tuple):
-        return tuple(np.stack(parts) for parts in zip(*results))
-    return np.stack(results)
-
-
-def test_embedding_pair_takes_a_batch(rs):
-    wte, wpe = rs.normal(size=(6, C)), rs.normal(size=(T + 2, C))
-    inputs = rs.integers(0, 6, size=(B, T))
-    assert_close("forward", embedding_forward(wte, wpe, inputs), per_document(
-        lambda i: embedding_forward(wte, wpe, i), inputs), LAYER_TOL)
-    dx = rs.normal(size=(B, T, C))
-    got = np.zeros_like(wte), np.zeros_like(wpe)
-    embedding_backward(dx, inputs, *got)
-    want = np.zeros_like(wte), np.zeros_like(wpe)
-    for b in range(B):
-        embedding_backward(dx[b], inputs[b], *want)
-    assert_close("dwte", got[0], want[0], LAYER_TOL)
-    assert_close("dwpe", got[1], want[1], LAYER_TOL)
-
-
-def test_rmsnorm_and_linear_pairs_take_a_batch(rs):
-    x, dy = rs.normal(size=(B, T, C)), rs.normal(size=(B, T, C))
-    y, scale = rmsnorm_forward(x)
-    assert y.shape == x.shape and scale.shape == (B, T, 1)
-    assert_close("rmsnorm", y, per_document(lambda a: rmsnorm_forward(a)[0], x), LAYER_TOL)
-    assert_close("rmsnorm backward", rmsnorm_backward(dy, y, scale),
-                 per_document(lambda d, a: rmsnorm_backward(d, *rmsnorm_forward(a)), dy, x), LAYER_TOL)
-    w = rs.normal(size=(6, C))
-    assert_close("linear", linear_forward(x, w), per_document(lambda a: linear_forward(a, w), x), LAYER_TOL)
-    dw, dw_each = np.zeros_like(w), np.zeros_like(w)
-    dout = rs.normal(size=(B, T, 6))
-    dx = linear_backward(dout, x, w, dw)
-    assert_close("linear dx", dx, per_document(lambda d, a: linear_backward(d, a, w, dw_each), dout, x), LAYER_TOL)
-    assert_close("linear dw", dw, dw_each, LAYER_TOL)
-
-
-def test_attention_pair_takes_a_batch_and_a_packed_batch(rs):
-    x, dout = rs.normal(size=(B, T, C)), rs.normal(size=(B, T, C))
-    w_qkv, w_o = rs.normal(size=(3 * C, C)), rs.normal(size=(C, C))
-
-    def one(d, a, dw_qkv, dw_o):
-        out, cache = attention_forward(a, w_qkv, w_o, H)
-        return out, attention_backward(d, cache, w_qkv, w_o, dw_qkv, dw_o)
-
-    each = np.zeros_like(w_qkv), np.zeros_like(w_o)
-    want_out, want_dx = per_document(lambda d, a: one(d, a, *each), dout, x)
-    got = np.zeros_like(w_qkv), np.zeros_like(w_o)
-    out, cache = attention_forward(x, w_qkv, w_o, H)
-    assert_close("attention", out, want_out, LAYER_TOL)
-    assert_close("attention dx", attention_backward(dout, cache, w_qkv, w_o, *got), want_dx, LAYER_TOL)
-    assert_close("dw_qkv", got[0], each[0], LAYER_TOL)
-    assert_close("dw_o", got[1], each[1], LAYER_TOL)
-
-    # Packed: documents of 5, 2 and 4 positions as 11 rows; each is the document alone.
-    counts = [5, 2, 4]
-    grid = Grid(B, T, np.flatnonzero(np.arange(T) < np.array(counts)[:, None]))
-    rows, drows = grid.pack(x), grid.pack(dout)
-    packed = np.zeros_like(w_qkv), np.zeros_like(w_o)
-    out, cache = attention_forward(rows, w_qkv, w_o, H, grid=grid)
-    dx = attention_backward(drows, cache, w_qkv, w_o, *packed, grid=grid)
-    alone = np.zeros_like(w_qkv), np.zeros_like(w_o)
-    start = 0
-    for b, n in enumerate(counts):
-        want_out, want_dx = one(dout[b, :n], x[b, :n], *alone)
-        assert_close(f"packed document {b}", out[start:start + n], want_out, LAYER_TOL)
-        assert_close(f"packed document {b} dx", dx[start:start + n], want_dx, LAYER_TOL)
-        start += n
-    assert_close("packed dw_qkv", packed[0], alone[0], LAYER_TOL)
-    assert_close("packed dw_o", packed[1], alone[1], LAYER_TOL)
-
-
-def test_mlp_and_block_pairs_take_a_batch(rs):
-    x, dy = rs.normal(size=(B, T, C)), rs.normal(size=(B, T, C))
-    w1, w2 = rs.normal(size=(4 * C, C)), rs.normal(size=(C, 4 * C))
-    y, cache = mlp_forward(x, w1, w2)
-    assert_close("mlp", y, per_document(lambda a: mlp_forward(a, w1, w2)[0], x), LAYER_TOL)
-    got, each = (np.zeros_like(w1), np.zeros_like(w2)), (np.zeros_like(w1), np.zeros_like(w2))
-    dx = mlp_backward(dy, cache, w1, w2, *got)
-    want = per_document(lambda d, a: mlp_backward(d, mlp_forward(a, w1, w2)[1], w1, w2, *each), dy, x)
-    assert_close("mlp dx", dx, want, LAYER_TOL)
-    assert_close("mlp dw", np.concatenate([g.ravel() for g in got]), np.concatenate([g.ravel() for g in each]),
-                 LAYER_TOL)
-
-    from microgpt.engines.numpy_engine import BlockWeights
-
-    w = BlockWeights(rs.normal(size=(3 * C, C)) * 0.3, rs.normal(size=(C, C)) * 0.3, w1 * 0.3, w2 * 0.3)
-    dw = BlockWeights(*(np.zeros_like(m) for m in w))
-    dw_each = BlockWeights(*(np.zeros_like(m) for m in w))
-    out, acts = block_forward(x, w, H)
-
-    def one(d, a):
-        o, one_acts = block_forward(a, w, H)
-        return o, block_backward(d, one_acts, w, dw_each)
-
-    want_out, want_dx = per_document(one, dy, x)
-    assert_close("block", out, want_out, LAYER_TOL)
-    assert_close("block dx", block_backward(dy, acts, w, dw), want_dx, LAYER_TOL)
-    for name, g, ge in zip(BlockWeights._fields, dw, dw_each):
-        assert_close(f"block d{name}", g, ge, LAYER_TOL)
-
-
-def test_cross_entropy_pair_takes_a_batch_with_a_weight_per_position(rs):
-    logits = rs.normal(size=(B, T, 7)) * 3
-    targets = rs.integers(0, 7, size=(B, T))
-    losses, probs = cross_entropy_forward(logits, targets)
-    assert losses.shape == (B, T)
-    assert_close("losses", losses, per_document(lambda z, t: cross_entropy_forward(z, t)[0], logits, targets),
-                 LAYER_TOL)
-    weights = rs.random(size=(B, T))  # d loss / d losses[b, t]
-    onehot = np.eye(7)[targets]  # (B, T, 7)
-    want = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True) - onehot) * weights[..., None]
-    assert_close("dlogits", cross_entropy_backward(probs, targets, weights), want, LAYER_TOL)

@@ -1,5 +1,6 @@
 """What is the NumPy engine's own: its llm.c-style layer pairs, each against central finite
-differences and a forward written out here position by position; its whole-sequence forward
+differences and a forward written out here position by position, and each on a batch (B, T, C)
+against the same pair called document by document on (T, C), to 1e-13; its whole-sequence forward
 against its own one-position sampling path; its flat arrays; divergence without warnings.
 
 Its numbers against the book (loss, gradients, every golden run, checkpoints read by other
@@ -16,13 +17,14 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import write_docs
+from conftest import assert_close, write_docs
 
 from microgpt.config import Config
 from microgpt.data import prepare
 from microgpt.engines import create_engine
 from microgpt.engines.numpy_engine import (
     BlockWeights,
+    Grid,
     KVCache,
     NumpyEngine,
     attention_backward,
@@ -140,23 +142,27 @@ def attention_by_hand(x: np.ndarray, w_qkv: np.ndarray, w_o: np.ndarray, n_head:
     return heads @ w_o.T
 
 
-ATTENTION_SHAPES = [(1, 4, 5), (2, 3, 6), (4, 2, 1), (4, 2, 7)]
+ATTENTION_SHAPES = [(1, 4, 5), (2, 3, 6), (4, 2, 1), (4, 2, 7)]  # (n_head, head_dim, T)
 
 
-@pytest.mark.parametrize("n_head,head_dim,T", ATTENTION_SHAPES)
-def test_attention_forward_matches_the_positions_one_by_one(rs, n_head, head_dim, T):
+@pytest.fixture(params=ATTENTION_SHAPES, ids=lambda shape: "-".join(map(str, shape)))
+def attention_case(request, rs) -> tuple:
+    """n_head, and random x (T, C), w_qkv (3C, C) and w_o (C, C) of one of ATTENTION_SHAPES."""
+    n_head, head_dim, T = request.param
     C = n_head * head_dim
-    x, w_qkv, w_o = rs.normal(size=(T, C)), rs.normal(size=(3 * C, C)), rs.normal(size=(C, C))
+    return n_head, rs.normal(size=(T, C)), rs.normal(size=(3 * C, C)), rs.normal(size=(C, C))
+
+
+def test_attention_forward_matches_the_positions_one_by_one(attention_case):
+    n_head, x, w_qkv, w_o = attention_case
     out, _ = attention_forward(x, w_qkv, w_o, n_head)
-    assert out.shape == (T, C)
+    assert out.shape == x.shape
     assert np.allclose(out, attention_by_hand(x, w_qkv, w_o, n_head), rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("n_head,head_dim,T", ATTENTION_SHAPES)
-def test_attention_backward_matches_finite_differences(rs, n_head, head_dim, T):
-    C = n_head * head_dim
-    x, w_qkv, w_o = rs.normal(size=(T, C)), rs.normal(size=(3 * C, C)), rs.normal(size=(C, C))
-    r = rs.normal(size=(T, C))  # the loss is sum(r * out): dout = r
+def test_attention_backward_matches_finite_differences(rs, attention_case):
+    n_head, x, w_qkv, w_o = attention_case
+    r = rs.normal(size=x.shape)  # the loss is sum(r * out): dout = r
     _, cache = attention_forward(x, w_qkv, w_o, n_head)
     dw_qkv, dw_o = np.zeros_like(w_qkv), np.zeros_like(w_o)
     dx = attention_backward(r, cache, w_qkv, w_o, dw_qkv, dw_o)
@@ -275,6 +281,133 @@ def test_embedding_backward_matches_finite_differences(rs):
     assert_close_to_numeric(dwpe, numeric_grad(loss, wpe))
 
 
+# --- each layer pair takes a batch (B, T, C) as it takes one document (T, C) -----------------------
+
+
+LAYER_TOL = 1e-13  # a layer pair on a batch against the same pair per document
+B, T, C, H = 3, 5, 8, 2
+
+
+def per_document(f, *batched):
+    """f on each document's slice of the batched arrays, the results stacked back (tuples element-wise)."""
+    results = [f(*(a[b] for a in batched)) for b in range(len(batched[0]))]
+    if isinstance(results[0], tuple):
+        return tuple(np.stack(parts) for parts in zip(*results))
+    return np.stack(results)
+
+
+def assert_each_close(names, got, want) -> None:
+    """Matrix by matrix (weight gradients, say), each named, to LAYER_TOL."""
+    for name, g, w in zip(names, got, want, strict=True):
+        assert_close(name, g, w, LAYER_TOL)
+
+
+def assert_batch_is_each_document(what: str, f, *batched) -> None:
+    """f of the whole batch is f of each document alone, to LAYER_TOL."""
+    assert_close(what, f(*batched), per_document(f, *batched), LAYER_TOL)
+
+
+def test_embedding_pair_takes_a_batch(rs):
+    wte, wpe = rs.normal(size=(6, C)), rs.normal(size=(T + 2, C))
+    inputs = rs.integers(0, 6, size=(B, T))
+    assert_batch_is_each_document("forward", lambda i: embedding_forward(wte, wpe, i), inputs)
+    dx = rs.normal(size=(B, T, C))
+    got = np.zeros_like(wte), np.zeros_like(wpe)
+    embedding_backward(dx, inputs, *got)
+    want = np.zeros_like(wte), np.zeros_like(wpe)
+    for b in range(B):
+        embedding_backward(dx[b], inputs[b], *want)
+    assert_each_close(("dwte", "dwpe"), got, want)
+
+
+def test_rmsnorm_and_linear_pairs_take_a_batch(rs):
+    x, dy = rs.normal(size=(B, T, C)), rs.normal(size=(B, T, C))
+    y, scale = rmsnorm_forward(x)
+    assert y.shape == x.shape and scale.shape == (B, T, 1)
+    assert_batch_is_each_document("rmsnorm", lambda a: rmsnorm_forward(a)[0], x)
+    assert_close("rmsnorm backward", rmsnorm_backward(dy, y, scale),
+                 per_document(lambda d, a: rmsnorm_backward(d, *rmsnorm_forward(a)), dy, x), LAYER_TOL)
+    w = rs.normal(size=(6, C))
+    assert_batch_is_each_document("linear", lambda a: linear_forward(a, w), x)
+    dw, dw_each = np.zeros_like(w), np.zeros_like(w)
+    dout = rs.normal(size=(B, T, 6))
+    dx = linear_backward(dout, x, w, dw)
+    assert_close("linear dx", dx, per_document(lambda d, a: linear_backward(d, a, w, dw_each), dout, x), LAYER_TOL)
+    assert_close("linear dw", dw, dw_each, LAYER_TOL)
+
+
+def test_attention_pair_takes_a_batch_and_a_packed_batch(rs):
+    x, dout = rs.normal(size=(B, T, C)), rs.normal(size=(B, T, C))
+    w_qkv, w_o = rs.normal(size=(3 * C, C)), rs.normal(size=(C, C))
+
+    def one(d, a, dw_qkv, dw_o):
+        out, cache = attention_forward(a, w_qkv, w_o, H)
+        return out, attention_backward(d, cache, w_qkv, w_o, dw_qkv, dw_o)
+
+    each = np.zeros_like(w_qkv), np.zeros_like(w_o)
+    want_out, want_dx = per_document(lambda d, a: one(d, a, *each), dout, x)
+    got = np.zeros_like(w_qkv), np.zeros_like(w_o)
+    out, cache = attention_forward(x, w_qkv, w_o, H)
+    assert_close("attention", out, want_out, LAYER_TOL)
+    assert_close("attention dx", attention_backward(dout, cache, w_qkv, w_o, *got), want_dx, LAYER_TOL)
+    assert_each_close(("dw_qkv", "dw_o"), got, each)
+
+    # Packed: documents of 5, 2 and 4 positions as 11 rows; each is the document alone.
+    counts = [5, 2, 4]
+    grid = Grid(B, T, np.flatnonzero(np.arange(T) < np.array(counts)[:, None]))
+    rows, drows = grid.pack(x), grid.pack(dout)
+    packed = np.zeros_like(w_qkv), np.zeros_like(w_o)
+    out, cache = attention_forward(rows, w_qkv, w_o, H, grid=grid)
+    dx = attention_backward(drows, cache, w_qkv, w_o, *packed, grid=grid)
+    alone = np.zeros_like(w_qkv), np.zeros_like(w_o)
+    start = 0
+    for b, n in enumerate(counts):
+        want_out, want_dx = one(dout[b, :n], x[b, :n], *alone)
+        assert_close(f"packed document {b}", out[start:start + n], want_out, LAYER_TOL)
+        assert_close(f"packed document {b} dx", dx[start:start + n], want_dx, LAYER_TOL)
+        start += n
+    assert_each_close(("packed dw_qkv", "packed dw_o"), packed, alone)
+
+
+def test_mlp_and_block_pairs_take_a_batch(rs):
+    x, dy = rs.normal(size=(B, T, C)), rs.normal(size=(B, T, C))
+    w1, w2 = rs.normal(size=(4 * C, C)), rs.normal(size=(C, 4 * C))
+    assert_batch_is_each_document("mlp", lambda a: mlp_forward(a, w1, w2)[0], x)
+    _, cache = mlp_forward(x, w1, w2)
+    got, each = (np.zeros_like(w1), np.zeros_like(w2)), (np.zeros_like(w1), np.zeros_like(w2))
+    dx = mlp_backward(dy, cache, w1, w2, *got)
+    want = per_document(lambda d, a: mlp_backward(d, mlp_forward(a, w1, w2)[1], w1, w2, *each), dy, x)
+    assert_close("mlp dx", dx, want, LAYER_TOL)
+    assert_close("mlp dw", np.concatenate([g.ravel() for g in got]), np.concatenate([g.ravel() for g in each]),
+                 LAYER_TOL)
+
+    w = BlockWeights(rs.normal(size=(3 * C, C)) * 0.3, rs.normal(size=(C, C)) * 0.3, w1 * 0.3, w2 * 0.3)
+    dw = BlockWeights(*(np.zeros_like(m) for m in w))
+    dw_each = BlockWeights(*(np.zeros_like(m) for m in w))
+    out, acts = block_forward(x, w, H)
+
+    def one(d, a):
+        o, one_acts = block_forward(a, w, H)
+        return o, block_backward(d, one_acts, w, dw_each)
+
+    want_out, want_dx = per_document(one, dy, x)
+    assert_close("block", out, want_out, LAYER_TOL)
+    assert_close("block dx", block_backward(dy, acts, w, dw), want_dx, LAYER_TOL)
+    assert_each_close([f"block d{name}" for name in BlockWeights._fields], dw, dw_each)
+
+
+def test_cross_entropy_pair_takes_a_batch_with_a_weight_per_position(rs):
+    logits = rs.normal(size=(B, T, 7)) * 3
+    targets = rs.integers(0, 7, size=(B, T))
+    losses, probs = cross_entropy_forward(logits, targets)
+    assert losses.shape == (B, T)
+    assert_batch_is_each_document("losses", lambda z, t: cross_entropy_forward(z, t)[0], logits, targets)
+    weights = rs.random(size=(B, T))  # d loss / d losses[b, t]
+    onehot = np.eye(7)[targets]  # (B, T, 7)
+    want = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True) - onehot) * weights[..., None]
+    assert_close("dlogits", cross_entropy_backward(probs, targets, weights), want, LAYER_TOL)
+
+
 # --- a run that diverges -----------------------------------------------------------------------
 
 
@@ -338,13 +471,6 @@ def test_blocks_are_views_into_the_flat_arrays():
         stacked = np.vstack([state[f"layer{i}.attn_w{x}"] for x in "qkv"])
         assert np.array_equal(w.qkv, stacked)  # Wq, Wk, Wv stacked in the book's order
         assert np.array_equal(w.o, state[f"layer{i}.attn_wo"]) and np.array_equal(w.fc2, state[f"layer{i}.mlp_fc2"])
-
-
-def test_no_dropout_yet():
-    from microgpt.errors import UserError
-
-    with pytest.raises(UserError, match="numpy engine has no dropout"):
-        NumpyEngine(Config(dropout=0.1), 9, random.Random(0))
 
 
 # --- state round trips ---------------------------------------------------------------------------

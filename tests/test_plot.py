@@ -15,7 +15,6 @@ import pytest
 from conftest import NAMES, assert_one_line_error, run_cli, write_synthetic_run
 
 from microgpt import cli
-from microgpt import plot as plot_module
 from microgpt.config import Config
 from microgpt.plotting import COLUMNS, MAX_POINTS, diverged_from, envelope, running_mean, thin
 
@@ -56,15 +55,6 @@ def png_size(path: Path) -> tuple[int, int]:
 def direct_mean(values: list[float], window: int) -> list[float]:
     return [math.fsum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
             for i in range(len(values))]
-
-
-@pytest.fixture
-def figures(monkeypatch) -> list:
-    """The figures `plot` saves, kept for inspection (and still written)."""
-    saved = []
-    real_save = plot_module.save_figure
-    monkeypatch.setattr(plot_module, "save_figure", lambda fig, path: (saved.append(fig), real_save(fig, path)))
-    return saved
 
 
 def lines_by_label(fig) -> dict:

@@ -20,8 +20,8 @@ from conftest import (
     SMALL,
     SMALL_FLAGS,
     assert_one_line_error,
-    interrupt_after,
     run_cli,
+    run_cli_interrupted,
     run_headers,
     run_module,
     samples_of,
@@ -69,9 +69,7 @@ def test_out_without_metrics_logs_into_the_run_folder_and_a_resume_goes_on_there
     assert [r["step"] for r in reference] == list(range(1, 9))
 
     other = tmp_path / "again"
-    with interrupt_after(3):
-        rc, _, err = run_cli(*args(other))
-    assert rc == 130, err
+    _, err = run_cli_interrupted(*args(other), step=3)
     assert "--metrics" not in err.split("Resume with: ", 1)[1]  # the folder's own file needs no flag
     rc, _, err = run_cli("train", "--resume", other, "--quiet")
     assert rc == 0, err
@@ -212,9 +210,7 @@ def test_a_run_folder_holds_one_run_at_a_time(tmp_path):
 
 
 def test_interrupting_a_run_without_out_says_nothing_is_saved():
-    with interrupt_after(2):
-        rc, out, err = run_cli("train", *SMALL_FLAGS, "--steps", 5, "--quiet")
-    assert rc == 130
+    out, err = run_cli_interrupted("train", *SMALL_FLAGS, "--steps", 5, "--quiet", step=2)
     assert "stopping at step 2; nothing is saved without --out" in err
     assert "interrupted at step 2 of 5; nothing saved (pass --out DIR" in err
     assert samples_of(out) == []

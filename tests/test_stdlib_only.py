@@ -107,14 +107,7 @@ config = Config(n_layer=1, n_embd=8, n_head=2, block_size=8, num_steps=2, num_sa
 data, rng = prepare(config, sys.argv[1])
 engine = create_engine("scalar", config, data.tokenizer.vocab_size, rng)
 losses = []
-
-
-def record(step, loss, lr):
-    losses.append(loss)
-    return False
-
-
-steps = train(engine, data, config, on_step=record)
+steps = train(engine, data, config, on_step=lambda step, loss, lr: losses.append(loss) and False)
 samples = [sample(engine, data.tokenizer, rng, config.temperature) for _ in range(config.num_samples)]
 names_docs = prepare(config)[0].size  # the packaged dataset is found and checked without numpy too
 

@@ -55,6 +55,17 @@ def assert_rel_close(got: dict, want: dict, tol: float) -> None:
         assert err <= tol, f"{name}: relative error {err:.2e} > {tol}"
 
 
+def torch_engine(config_name: str, seed: int):
+    """A torch engine of CONFIGS[config_name], its initial weights drawn from random.Random(seed)."""
+    return create_engine("torch", CONFIGS[config_name], VOCAB, random.Random(seed))
+
+
+def random_batch(seed: int, *lengths: int) -> list[list[int]]:
+    """Examples of these numbers of characters, drawn from random.Random(seed)."""
+    rng = random.Random(seed)
+    return [example(rng, n) for n in lengths]
+
+
 def loss_and_grads(engine, batch: list[list[int]]) -> tuple[float, dict[str, np.ndarray]]:
     engine.zero_grad()
     loss = engine.forward(batch)
@@ -77,10 +88,8 @@ def test_parameters_carry_the_book_names_and_are_views_of_the_flat_arrays():
 
 
 def test_padded_batch_is_the_mean_of_its_documents():
-    config = CONFIGS["2 layers 2 heads"]
-    engine = create_engine("torch", config, VOCAB, random.Random(3))
-    rng = random.Random(4)
-    batch = [example(rng, n) for n in (1, 12, 5, 3)]  # 12 is cut to block_size 8
+    engine = torch_engine("2 layers 2 heads", 3)
+    batch = random_batch(4, 1, 12, 5, 3)  # 12 is cut to block_size 8
     singles = [loss_and_grads(engine, [tokens]) for tokens in batch]
     loss, grads = loss_and_grads(engine, batch)
     assert loss == pytest.approx(sum(s[0] for s in singles) / len(batch), rel=1e-12, abs=0)
@@ -89,10 +98,8 @@ def test_padded_batch_is_the_mean_of_its_documents():
 
 
 def test_padding_values_never_matter():
-    config = CONFIGS["2 layers 2 heads"]
-    engine = create_engine("torch", config, VOCAB, random.Random(6))
-    rng = random.Random(7)
-    batch = [example(rng, n) for n in (2, 7, 4)]
+    engine = torch_engine("2 layers 2 heads", 6)
+    batch = random_batch(7, 2, 7, 4)
     results = []
     for pad_id in (0, 3, BOS):
         engine.pad_id = pad_id
@@ -106,9 +113,8 @@ def test_padding_values_never_matter():
 
 
 def test_gradients_accumulate_until_zeroed():
-    engine = create_engine("torch", CONFIGS["short block"], VOCAB, random.Random(8))
-    rng = random.Random(9)
-    a, b = [example(rng, 4)], [example(rng, 6)]
+    engine = torch_engine("short block", 8)
+    a, b = ([tokens] for tokens in random_batch(9, 4, 6))
     _, grads_a = loss_and_grads(engine, a)
     _, grads_b = loss_and_grads(engine, b)
     engine.zero_grad()
@@ -122,7 +128,7 @@ def test_gradients_accumulate_until_zeroed():
 
 def test_block_forward_is_attention_then_mlp_each_with_a_residual():
     """Block.forward reads as nanoGPT's two lines; here they are written out with the block's own parts."""
-    engine = create_engine("torch", CONFIGS["2 layers 2 heads"], VOCAB, random.Random(6))
+    engine = torch_engine("2 layers 2 heads", 6)
     block: Block = engine.model.layers[1]
     x = torch.randn(3, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 

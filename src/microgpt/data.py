@@ -13,7 +13,8 @@ benchmarks and the tests all begin with it, so they all see the very same data i
 same order.
 
 Exports: `prepare`, `Dataset`, `load_docs`, `load_text`, `resolve_data`, `fetch`, `fingerprint`,
-`split_docs`, `batch_docs`, `shuffled`, `names_path`, `cache_dir`, `write_atomic`, `DataError`,
+`split_docs`, `batch_docs`, `shuffled`, `names_path`, `cache_dir`, `atomic_file`, `write_atomic`,
+`not_a_regular_file`, `DataError`,
 `NAMES_SHA256`, `SHAKESPEARE_URL`, `SHAKESPEARE_SHA256`.
 """
 
@@ -26,10 +27,11 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 from .config import Config
 from .errors import UserError
@@ -40,6 +42,7 @@ SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/da
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 MAX_DATA_BYTES = 1 << 30  # a character-level model on more than 1 GiB of text is not what this tool is for
 FORMATS = ("lines", "text")
+DATASETS = Path(__file__).resolve().parent / "datasets"  # the package's own data files
 
 
 class DataError(UserError):
@@ -51,7 +54,7 @@ class DataError(UserError):
 
 def names_path() -> Path:
     """The packaged names.txt, checked against its pinned sha256 (a damaged install is refused)."""
-    path = Path(str(resources.files("microgpt") / "datasets" / "names.txt"))
+    path = DATASETS / "names.txt"
     if not path.is_file() or _sha256(path.read_bytes()) != NAMES_SHA256:
         raise DataError(f"the packaged names dataset {path} is missing or damaged: reinstall microgpt "
                         "(pip install -e . from the clone), or pass --data FILE")
@@ -145,6 +148,15 @@ def _sha256(data: bytes) -> str:
 # --- reading -------------------------------------------------------------------------------------
 
 
+def not_a_regular_file(info: os.stat_result) -> str | None:
+    """What keeps an existing path from being read or written as a file ("is a folder", ...); None if nothing."""
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a device, FIFO or socket)"
+    return None
+
+
 def _read_bytes(path: Path) -> bytes:
     """A data file's bytes, only if it is a regular file of a sane size (a FIFO would block forever)."""
     try:
@@ -153,11 +165,8 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"data file {path} does not exist: pass --data with a text file") from None
     except OSError as e:
         raise DataError(f"cannot read data file {path} ({e.strerror}): pass another --data") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise DataError(f"data path {path} is a folder: pass --data with a text file")
-    if not stat.S_ISREG(info.st_mode):
-        raise DataError(f"data path {path} is not a regular file (a device, FIFO or socket): "
-                        "pass --data with a text file")
+    if problem := not_a_regular_file(info):
+        raise DataError(f"data path {path} {problem}: pass --data with a text file")
     if info.st_size > MAX_DATA_BYTES:
         raise DataError(f"data file {path} is {info.st_size / 2**30:.1f} GiB, more than this tool reads "
                         f"({MAX_DATA_BYTES >> 30} GiB): pass a smaller file")
@@ -321,21 +330,25 @@ def prepare(config: Config, data: str | os.PathLike | None = None, vocab: list[s
     return dataset, rng
 
 
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write to a uniquely named temporary file beside `path`, flush it to disk, then rename it over `path`.
+@contextmanager
+def atomic_file(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
+    """A file to write in place of `path`: a uniquely named temporary file beside it, flushed to disk
+    and renamed over `path` when the block ends (removed instead if the block raises).
 
     A reader sees the old file or the new one, never half of one; two writers never share a
-    temporary file.
+    temporary file. `mode` is the new file's permissions (default: a new file's under the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask  # mkstemp makes files private; the user's file should not be
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; the user's file should not be
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -343,3 +356,9 @@ def write_atomic(path: Path, payload: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write `payload` to `path` through `atomic_file`: the old file or the new one, never half of one."""
+    with atomic_file(path) as f:
+        f.write(payload)

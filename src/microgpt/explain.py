@@ -37,6 +37,7 @@ from .config import Config
 from .data import Dataset, batch_docs, prepare, write_atomic
 from .engines.base import Engine, param_shapes
 from .errors import UserError
+from .guard import check_output_file
 from .metrics import Metrics, list_runs, read_metrics
 from .sample import continue_text, sample
 from .tokenizer import Tokenizer
@@ -407,20 +408,10 @@ def _html_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _check_output(path: Path) -> Path:
-    if path.suffix.lower() not in (".html", ".htm"):
-        raise UserError(f"-o {path}: the page's file name must end in .html")
-    if path.is_dir():
-        raise UserError(f"-o {path} is a folder: pass a file name such as {path / 'explain.html'}")
-    if not path.parent.is_dir():
-        raise UserError(f"the folder of -o {path} does not exist: create {path.parent} first or pick another path")
-    return path
-
-
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     checkpoint = load_checkpoint(args.dir)
-    output = _check_output(Path(args.output) if args.output else checkpoint.path / "explain.html")
+    output = check_output_file(args.output or checkpoint.path / "explain.html", "-o", "explain.html", (".html", ".htm"))
     data = page_data(checkpoint, args.metrics, args.data, args.snapshots, args.seed, shown_dir=args.dir)
     page = render(data).encode("utf-8")
     if len(page) > PAGE_BUDGET:

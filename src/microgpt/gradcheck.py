@@ -84,9 +84,8 @@ def worked_example(entry: str, h: float, loss_change: float, analytic: float, nu
 
 @dataclass
 class MatrixReport:
-    """What the check found in one parameter matrix."""
+    """What the check found in one parameter matrix (the reports are kept by the matrix's name)."""
 
-    name: str
     shape: tuple[int, int]
     checked: int = 0
     worst_error: float = 0.0
@@ -194,7 +193,7 @@ def _check(engine: Engine, doc: str, tokens: list[int], max_params: int, h: floa
     print(f"checking {scope}: {len(entries):,} of {engine.num_params:,}", flush=True)
     print()
 
-    reports = {name: MatrixReport(name, (len(rows), len(rows[0]))) for name, rows in grads.items()}
+    reports = {name: MatrixReport((len(rows), len(rows[0]))) for name, rows in grads.items()}
     started = last_progress = time.perf_counter()
     for i, (name, r, c) in enumerate(entries):
         numeric, loss_up, step = finite_difference(engine, weights, tokens, name, r, c, h)
@@ -217,17 +216,17 @@ def _check(engine: Engine, doc: str, tokens: list[int], max_params: int, h: floa
     width = max(len(name) for name in reports)
     print(f"{'matrix':<{width}}  {'shape':>7}  {'checked':>11}  {'largest relative error':>22}  "
           f"{'at':<{width + 10}}  verdict")
-    for rep in reports.values():
+    for name, rep in reports.items():
         shape, checked = f"{rep.shape[0]}x{rep.shape[1]}", f"{rep.checked}/{rep.shape[0] * rep.shape[1]}"
         verdict = "ok" if rep.worst_error <= tolerance else "FAILED"
-        print(f"{rep.name:<{width}}  {shape:>7}  {checked:>11}  {rep.worst_error:>22.2e}  "
+        print(f"{name:<{width}}  {shape:>7}  {checked:>11}  {rep.worst_error:>22.2e}  "
               f"{rep.worst_entry:<{width + 10}}  {verdict}")
     print()
     print("each matrix's largest gradient, in words:")
-    for rep in reports.values():
-        print(f"  {rep.example}" if rep.largest_gradient > 0 else f"  no weight of {rep.name} moves the loss")
+    for name, rep in reports.items():
+        print(f"  {rep.example}" if rep.largest_gradient > 0 else f"  no weight of {name} moves the loss")
     print()
-    failed = [rep.name for rep in reports.values() if rep.worst_error > tolerance]
+    failed = [name for name, rep in reports.items() if rep.worst_error > tolerance]
     if failed:
         print(f"FAILED: backward() disagrees with finite differences in {', '.join(failed)} "
               f"(relative error above {tolerance:g})")

@@ -2,6 +2,7 @@
 
 - `FolderLock`: one run per output folder (an exclusive `fcntl.flock` on `DIR/.lock`, held for the
   whole run); a second run on the folder is refused at once, naming the process that holds it.
+- `check_output_file`: an output file has the right ending, is not a folder, and its folder exists.
 - `probe_writable`: the folder can be created and written (a probe file is written and removed).
 - `check_memory`: the model's parameters, gradients, Adam's moments and one step's activations fit
   in the memory available.
@@ -11,8 +12,8 @@
 The lock and the signal handling are POSIX (Linux, macOS); elsewhere the lock is skipped with a
 one-line note. Standard library only.
 
-Exports: `FolderLock`, `probe_writable`, `check_memory`, `estimate_memory`, `available_memory`,
-`catch_signals`, `SignalHandler`.
+Exports: `FolderLock`, `check_output_file`, `probe_writable`, `check_memory`, `estimate_memory`,
+`available_memory`, `catch_signals`, `SignalHandler`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,20 @@ class FolderLock:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the lock; the file stays, harmless
             self._fd = None
+
+
+def check_output_file(path: str | os.PathLike, flag: str, example: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """Refuse, before any work is done, an output file (given as `flag`) that does not end in one of
+    `suffixes`, is a folder, or lies in a folder that does not exist; `example` is a file name the
+    message suggests in its place."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {path}: the file name must end in {suffixes[0]}")
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder: pass a file name such as {path / example}")
+    if not path.parent.is_dir():
+        raise UserError(f"the folder of {flag} {path} does not exist: create {path.parent} first or pick another path")
+    return path
 
 
 def probe_writable(folder: Path) -> None:

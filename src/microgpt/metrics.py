@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import stat
-import tempfile
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 
 from . import schema as s
 from .config import Config
+from .data import atomic_file, not_a_regular_file
 from .errors import UserError, WriteFailure
 
 
@@ -100,11 +100,9 @@ def check_metrics_path(path: str | os.PathLike, data: Path | None = None) -> Pat
             raise MetricsError(f"cannot create metrics file {path}: its folder is not writable; "
                                "pick another --metrics path")
         return path
-    if stat.S_ISDIR(info.st_mode):
-        raise MetricsError(f"metrics path {path} is a folder: pass a file name such as {path / 'metrics.jsonl'}")
-    if not stat.S_ISREG(info.st_mode):
-        raise MetricsError(f"metrics path {path} is not a regular file (a device, FIFO or socket): "
-                           "pass a file name such as metrics.jsonl")
+    if problem := not_a_regular_file(info):
+        example = path / "metrics.jsonl" if stat.S_ISDIR(info.st_mode) else "metrics.jsonl"
+        raise MetricsError(f"metrics path {path} {problem}: pass a file name such as {example}")
     if data is not None and data.exists() and os.path.samefile(path, data):
         raise MetricsError(f"metrics path {path} is the training data: pick another --metrics path")
     if info.st_size:
@@ -158,23 +156,13 @@ class MetricsWriter:
     def _trim(self, run_id: str, resume_step: int) -> list[float]:
         """Rewrite the file without this run's steps beyond resume_step; its kept losses."""
         kept: list[float] = []
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for current, _, raw, record in _by_run(self.path):
-                    if current == run_id and record["type"] == "step":
-                        if record["step"] > resume_step:
-                            continue
-                        kept.append(record["loss"])
-                    out.write(raw if raw.endswith(b"\n") else raw + b"\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, stat.S_IMODE(os.stat(self.path).st_mode))
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(self.path, mode=stat.S_IMODE(os.stat(self.path).st_mode)) as out:
+            for current, _, raw, record in _by_run(self.path):
+                if current == run_id and record["type"] == "step":
+                    if record["step"] > resume_step:
+                        continue
+                    kept.append(record["loss"])
+                out.write(raw if raw.endswith(b"\n") else raw + b"\n")
         return kept
 
     def _write(self, line: bytes) -> None:
@@ -331,7 +319,6 @@ def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise MetricsError(f"metrics file {path} does not exist: write one with microgpt train --metrics {path}")
-    if not path.is_file():
-        raise MetricsError(f"metrics path {path} is not a file: pass a metrics file written by "
-                           "microgpt train --metrics")
+    if problem := not_a_regular_file(path.stat()):
+        raise MetricsError(f"metrics path {path} {problem}: pass a metrics file written by microgpt train --metrics")
     return path

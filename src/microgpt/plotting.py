@@ -32,6 +32,7 @@ import numpy as np
 
 from .data import write_atomic
 from .errors import UserError
+from .guard import check_output_file
 from .metrics import Metrics
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
@@ -260,10 +261,7 @@ def check_output(path: str | os.PathLike) -> Path:
     if path.suffix.lower() not in IMAGE_TYPES:
         raise UserError(f"cannot write {path}: unsupported image type {path.suffix or '(none)'!r}; "
                         f"end -o with {', '.join(IMAGE_TYPES)}")
-    if path.is_dir():
-        raise UserError(f"-o {path} is a folder: pass a file name such as {path / 'loss.png'}")
-    if not path.parent.is_dir():
-        raise UserError(f"the folder of -o {path} does not exist: create {path.parent} first or pick another path")
+    check_output_file(path, "-o", "loss.png")
     if not os.access(path.parent, os.W_OK):
         raise UserError(f"cannot write -o {path}: its folder is not writable; pick another path")
     return path

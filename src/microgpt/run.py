@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import random
 import sys
 import time
-import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +46,24 @@ from .progress import Progress
 from .sample import continue_text, sample
 from .train import TrainingDiverged, mean_loss, train
 
-# What a run does around training; a resumed run keeps what it was started with unless told otherwise.
-RUN_OPTIONS = {"checkpoint_every": 100, "keep_snapshots": "auto", "sample_every": 0, "stats_every": "auto"}
 SNAPSHOT_BUDGET = 50 * 2 ** 20  # bytes of snapshots kept by default (--keep-snapshots auto)
 SAMPLES_DURING_TRAINING = 5
 STATS_SHARE = 0.1  # matrix statistics every step only while they cost under this share of a step
+
+# What a run does around training, each a flag: (default, type, metavar, help). A resumed run keeps
+# what it was started with unless told otherwise.
+RUN_OPTIONS: dict[str, tuple[Any, type, str, str]] = {
+    "checkpoint_every": (100, int, "N", "with --out, checkpoint every N steps, and always at the end (default: 100)"),
+    "keep_snapshots": ("auto", str, "N|all|none", "weights kept in DIR/snapshots at step 0 and at checkpoints "
+                       f"(default: auto = all of them while they take at most {SNAPSHOT_BUDGET >> 20} MB, else an "
+                       "evenly spaced subset)"),
+    "sample_every": (0, int, "N", f"draw {SAMPLES_DURING_TRAINING} samples every N steps from a generator of their "
+                     "own (the run itself is unchanged); they go to the metrics and the progress output (default: 0 "
+                     "= off)"),
+    "stats_every": ("auto", str, "N|auto|off", "log each matrix's gradient norm, weight norm, update norm and "
+                    "update/weight every N steps (default: auto = every step while that costs under "
+                    f"{STATS_SHARE * 100:.0f}%% of a step)"),
+}
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -63,19 +76,11 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
                      "(one run at a time: the folder is locked while it trains)")
     run.add_argument("--metrics", metavar="FILE", help="append the run's metrics to FILE, JSON Lines (default with "
                      "--out: DIR/metrics.jsonl)")
-    run.add_argument("--checkpoint-every", type=int, default=argparse.SUPPRESS, metavar="N",
-                     help="with --out, checkpoint every N steps, and always at the end (default: 100)")
     run.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR, bit for bit; with a "
                      "larger --steps, train a finished run further (a new stage)")
-    run.add_argument("--keep-snapshots", default=argparse.SUPPRESS, metavar="N|all|none",
-                     help="weights kept in DIR/snapshots at step 0 and at checkpoints (default: auto = all of them "
-                     f"while they take at most {SNAPSHOT_BUDGET >> 20} MB, else an evenly spaced subset)")
-    run.add_argument("--sample-every", type=int, default=argparse.SUPPRESS, metavar="N",
-                     help=f"draw {SAMPLES_DURING_TRAINING} samples every N steps from a generator of their own "
-                     "(the run itself is unchanged); they go to the metrics and the progress output (default: 0 = off)")
-    run.add_argument("--stats-every", default=argparse.SUPPRESS, metavar="N|auto|off",
-                     help="log each matrix's gradient norm, weight norm, update norm and update/weight every N "
-                     f"steps (default: auto = every step while that costs under {STATS_SHARE * 100:.0f}%% of a step)")
+    for option, (_, kind, metavar, help_text) in RUN_OPTIONS.items():
+        run.add_argument("--" + option.replace("_", "-"), type=kind, default=argparse.SUPPRESS, metavar=metavar,
+                         help=help_text)
     run.add_argument("--quiet", action="store_true", help="no progress output")
     add_config_arguments(parser)
 
@@ -110,7 +115,7 @@ def plan_run(args: argparse.Namespace) -> Plan:
             raise CheckpointError(f"{out} already holds a checkpoint: continue it with --resume {out}, "
                                   "or pick another --out folder")
         return Plan(config, engine, engine_options(args, engine), _run_options(args), args.data, out,
-                    _metrics_path(args.metrics, out), None, uuid.uuid4().hex[:12],
+                    _metrics_path(args.metrics, out), None, _new_run_id(),
                     [{"from": 0, "to": config.num_steps}])
 
     checkpoint = load_checkpoint(args.resume)
@@ -145,12 +150,18 @@ def plan_run(args: argparse.Namespace) -> Plan:
     data = args.data if args.data is not None else checkpoint.meta.get("data")
     return Plan(config, engine, engine_options(args, engine, saved),
                 _run_options(args, checkpoint.meta.get("run_options")), data, out, metrics, checkpoint,
-                checkpoint.meta.get("run_id") or uuid.uuid4().hex[:12], stages, note)
+                checkpoint.meta.get("run_id") or _new_run_id(), stages, note)
+
+
+def _new_run_id() -> str:
+    """Twelve random hex digits: what tells this run's lines from other runs' in a shared metrics file."""
+    return os.urandom(6).hex()
 
 
 def _run_options(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's own options: the defaults, then what a resumed run was started with, then the flags given."""
-    options = {**RUN_OPTIONS, **(saved or {}), **{k: getattr(args, k) for k in RUN_OPTIONS if hasattr(args, k)}}
+    defaults = {k: default for k, (default, *_) in RUN_OPTIONS.items()}
+    options = {**defaults, **(saved or {}), **{k: getattr(args, k) for k in RUN_OPTIONS if hasattr(args, k)}}
     if not isinstance(options["checkpoint_every"], int) or options["checkpoint_every"] < 1:
         raise UserError(f"--checkpoint-every must be a positive integer, got {options['checkpoint_every']}")
     if not isinstance(options["sample_every"], int) or options["sample_every"] < 0:

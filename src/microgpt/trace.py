@@ -25,6 +25,7 @@ from .checkpoint import load_checkpoint
 from .data import write_atomic
 from .engines.base import Engine
 from .errors import UserError
+from .guard import check_output_file
 from .tokenizer import Tokenizer, TokenizerError
 
 TOP = 5  # likeliest next tokens shown per position
@@ -180,22 +181,12 @@ def write_attention_png(result: Trace, tokenizer: Tokenizer, path: Path, title: 
 # --- the command --------------------------------------------------------------------------
 
 
-def _check_png(path: str) -> Path:
-    """Refuse an output path that cannot take the image before any work is done."""
-    out = Path(path)
-    if out.suffix.lower() != ".png":
-        raise UserError(f"--attention-png {path}: the file name must end in .png")
-    if out.is_dir():
-        raise UserError(f"--attention-png {path} is a folder: pass a file name such as {out / 'attention.png'}")
-    if not out.parent.is_dir():
-        raise UserError(f"the folder of --attention-png {path} does not exist: create {out.parent} first")
-    return out
-
-
 def main(args: argparse.Namespace) -> int:
     from .evaluate import load_model
 
-    png = _check_png(args.attention_png) if args.attention_png else None
+    png = None
+    if args.attention_png:  # refused before any work is done
+        png = check_output_file(args.attention_png, "--attention-png", "attention.png", (".png",))
     checkpoint = load_checkpoint(args.checkpoint)
     config = checkpoint.config
     tokenizer = Tokenizer(checkpoint.vocab)

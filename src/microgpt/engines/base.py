@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config
+from ..errors import UserError
 
 KINDS = ("params", "grad", "m", "v")  # the four flat arrays every engine keeps
 
@@ -123,6 +124,8 @@ class Engine(ABC):
     """
 
     name: str = "?"
+    # What an engine that cannot apply --dropout says of it (None where it can); __init__ refuses the flag.
+    no_dropout: str | None = "has no dropout yet"
     # A distributed engine sets these; the loop gives each process its slice of the batch.
     rank: int = 0
     world_size: int = 1
@@ -132,6 +135,8 @@ class Engine(ABC):
     stats_seconds = 0.0
 
     def __init__(self, config: Config, vocab_size: int, rng: random.Random) -> None:
+        if config.dropout and self.no_dropout:
+            raise UserError(f"the {self.name} engine {self.no_dropout}: use --engine torch, or drop --dropout")
         self.config = config
         self.vocab_size = vocab_size
         self.layout = Layout.of(config, vocab_size)

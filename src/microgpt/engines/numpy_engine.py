@@ -49,7 +49,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from ..config import Config  # noqa: E402
-from ..errors import UserError  # noqa: E402
 from .base import Engine, initial_values  # noqa: E402
 
 Array = np.ndarray
@@ -395,8 +394,6 @@ class NumpyEngine(Engine):
 
     def __init__(self, config: Config, vocab_size: int, rng: random.Random) -> None:
         super().__init__(config, vocab_size, rng)
-        if config.dropout:
-            raise UserError("the numpy engine has no dropout yet: use --engine torch, or drop --dropout")
         layout = self.layout
         self.params = np.array(initial_values(config, vocab_size, rng), dtype=np.float64)
         self.grads = np.zeros(layout.total)

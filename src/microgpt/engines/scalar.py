@@ -43,15 +43,13 @@ def no_cycle_collection() -> Iterator[None]:
 
 
 class ScalarEngine(Engine):
+    """The book's model on `Value`s, trained by the book's Adam: every number a node of the graph."""
+
     name = "scalar"
+    no_dropout = "has no dropout (the book's model has none)"
 
     def __init__(self, config: Config, vocab_size: int, rng: random.Random) -> None:
         super().__init__(config, vocab_size, rng)
-        if config.dropout:
-            from ..errors import UserError
-
-            raise UserError("the scalar engine has no dropout (the book's model has none): use --engine torch, "
-                            "or drop --dropout")
         self.params_by_name = init_params(config, vocab_size, rng)  # the book's own initialisation
         self.params = [p for mat in self.params_by_name.values() for row in mat for p in row]
         self.optimizer = Adam(self.params, config)

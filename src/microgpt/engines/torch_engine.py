@@ -75,12 +75,12 @@ def rmsnorm(x: torch.Tensor) -> torch.Tensor:
 class Block(nn.Module):
     """One transformer layer: causal multi-head attention, then the ReLU MLP, each with a residual."""
 
-    def __init__(self, n_head: int, weights: dict[str, torch.Tensor], dropout: Dropout) -> None:
+    def __init__(self, n_head: int, weights: dict[str, torch.Tensor], prefix: str, dropout: Dropout) -> None:
         super().__init__()
         self.n_head = n_head
         self.drop = dropout
         for name in ("attn_wq", "attn_wk", "attn_wv", "attn_wo", "mlp_fc1", "mlp_fc2"):
-            setattr(self, name, nn.Parameter(weights[name]))
+            setattr(self, name, nn.Parameter(weights[prefix + name]))
 
     def forward(self, x: torch.Tensor, cache: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         """(B, T, C) -> (B, T, C), the book's layer in its order (branch + residual)."""
@@ -153,9 +153,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Parameter(weights["lm_head"])  # (vocab_size, C)
         self.layers: list[Block] = []
         for i in range(config.n_layer):
-            prefix = f"layer{i}."
-            block = Block(config.n_head, {k[len(prefix):]: w for k, w in weights.items() if k.startswith(prefix)},
-                          dropout)
+            block = Block(config.n_head, weights, f"layer{i}.", dropout)
             self.add_module(f"layer{i}", block)  # registered as layer{i}, so its weights are layer{i}.attn_wq, ...
             self.layers.append(block)
 
@@ -231,6 +229,7 @@ class TorchEngine(Engine):
     """The book's model and Adam on PyTorch tensors, a whole padded batch per forward/backward."""
 
     name = "torch"
+    no_dropout = None  # --dropout: the Dropout below, drawn from a generator of its own
 
     def __init__(self, config: Config, vocab_size: int, rng: random.Random, device: str = "auto",
                  dtype: str = "float64", compile: bool = False, threads: int = 0) -> None:

@@ -656,6 +656,15 @@ window.explainPage = (function () {
     return { temperature, topK, seed, prompt, promptIds, final };
   }
 
+  /** samplingSettings() as { settings, error }: the message of what a box holds that it cannot use, or null. */
+  function readSettings() {
+    try {
+      return { settings: samplingSettings(), error: null };
+    } catch (e) {
+      return { settings: null, error: e.message };
+    }
+  }
+
   /** The command that prints the same documents (the `upTo` first ones, in one run). */
   function commandFor(settings, upTo) {
     const words = ["microgpt", "sample", "--checkpoint", data.run.dir];
@@ -679,11 +688,9 @@ window.explainPage = (function () {
 
   function drawDistribution() {
     const note = $("sampling-note");
-    let settings;
-    try {
-      settings = samplingSettings();
-    } catch (e) {
-      note.textContent = e.message;
+    const { settings, error } = readSettings();
+    if (error !== null) {
+      note.textContent = error;
       note.classList.add("error");
       $("distribution").replaceChildren();
       $("draw-button").disabled = true;
@@ -759,12 +766,8 @@ window.explainPage = (function () {
 
   /** The next batch of documents (or one continuation) from the generator, continued across presses. */
   function drawMore() {
-    let settings;
-    try {
-      settings = samplingSettings();
-    } catch (e) {
-      return;
-    }
+    const { settings } = readSettings();
+    if (settings === null) return; // drawDistribution shows why
     if (state.drawRng === null) {
       state.drawRng = new PyRandom();
       if (settings.seed === null) state.drawRng.setState(data.rng_state);
@@ -992,6 +995,17 @@ window.explainPage = (function () {
     box.append(table);
   }
 
+  /** A horizontal bar filled to value / max in the colour of `kind`, `label` beside it, `marks` on it. */
+  function hbar(kind, value, max, label, ...marks) {
+    return el(
+      "div",
+      { class: "hbar" },
+      el("span", { class: `hbar-fill ${kind}`, style: `width:${((100 * value) / max).toFixed(1)}%` }),
+      ...marks,
+      el("span", { class: "hbar-label", text: label }),
+    );
+  }
+
   function drawStats(step, lr) {
     const box = $("micro-stats");
     box.replaceChildren(el("h3", { text: "each matrix after backward and Adam (5.5-5.7)" }));
@@ -1034,22 +1048,17 @@ window.explainPage = (function () {
       ),
     );
     for (const r of rows) {
-      const gBar = el(
-        "div",
-        { class: "hbar" },
-        el("span", { class: "hbar-fill grad", style: `width:${((100 * r.g) / gMax).toFixed(1)}%` }),
-        el("span", { class: "hbar-label", text: sig(r.g) }),
-      );
-      const uBar = el(
-        "div",
-        { class: "hbar" },
-        el("span", { class: "hbar-fill update", style: `width:${((100 * r.rms) / rmsMax).toFixed(1)}%` }),
+      const gBar = hbar("grad", r.g, gMax, sig(r.g));
+      const uBar = hbar(
+        "update",
+        r.rms,
+        rmsMax,
+        `${sig(r.rms)} (${lrAt ? (r.rms / lrAt).toFixed(2) : "-"} lr_t)`,
         el("span", {
           class: "hbar-mark",
           style: `left:${((100 * (lrAt || 0)) / rmsMax).toFixed(1)}%`,
           title: `lr_t = ${lrAt}`,
         }),
-        el("span", { class: "hbar-label", text: `${sig(r.rms)} (${lrAt ? (r.rms / lrAt).toFixed(2) : "-"} lr_t)` }),
       );
       table.append(
         el(

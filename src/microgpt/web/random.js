@@ -66,25 +66,25 @@ class PyRandom {
     this.initGenrand(19650218);
     let i = 1;
     let j = 0;
-    for (let k = Math.max(MT_N, key.length); k > 0; k--) {
-      const prev = mt[i - 1] ^ (mt[i - 1] >>> 30);
-      mt[i] = ((mt[i] ^ Math.imul(prev, 1664525)) + key[j] + j) >>> 0;
+    const nextI = () => {
+      // i runs over 1..MT_N-1; each time round, the last word is copied to the first.
       i++;
-      j++;
       if (i >= MT_N) {
         mt[0] = mt[MT_N - 1];
         i = 1;
       }
+    };
+    for (let k = Math.max(MT_N, key.length); k > 0; k--) {
+      const prev = mt[i - 1] ^ (mt[i - 1] >>> 30);
+      mt[i] = ((mt[i] ^ Math.imul(prev, 1664525)) + key[j] + j) >>> 0;
+      nextI();
+      j++;
       if (j >= key.length) j = 0;
     }
     for (let k = MT_N - 1; k > 0; k--) {
       const prev = mt[i - 1] ^ (mt[i - 1] >>> 30);
       mt[i] = ((mt[i] ^ Math.imul(prev, 1566083941)) - i) >>> 0;
-      i++;
-      if (i >= MT_N) {
-        mt[0] = mt[MT_N - 1];
-        i = 1;
-      }
+      nextI();
     }
     mt[0] = UPPER_MASK; // assures a non-zero initial state
   }
