@@ -195,10 +195,11 @@ def main() -> None:
         child(args)
         return
 
-    from microgpt.data import SHAKESPEARE_SHA256, SHAKESPEARE_URL, DataError, fetch
+    from microgpt.data import SHAKESPEARE_SHA256, SHAKESPEARE_URL, DataError, fetch, load_text
 
-    try:
+    try:  # read once here, so a missing or unreadable file is one line, not a child's traceback
         data = Path(args.data) if args.data else fetch(SHAKESPEARE_URL, SHAKESPEARE_SHA256)
+        load_text(data)
     except DataError as e:
         sys.exit(f"bench_scale.py: {e}")
     cores = os.cpu_count() or 1

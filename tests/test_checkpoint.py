@@ -239,7 +239,7 @@ def test_snapshots_keep_step_zero_and_the_checkpoint_steps(numpy_ck):
     state = final_state(numpy_ck)
     assert_same_arrays(checkpoint.snapshot(20, shapes), {k: state[k] for k in shapes})
     assert not np.array_equal(checkpoint.snapshot(10, shapes)["wte"], state["wte"])
-    with pytest.raises(CheckpointError, match="keeps no weights of step 5: pick one of 0, 10, 20"):
+    with pytest.raises(CheckpointError, match="keeps no weights of step 5: pick one of 0, 10, or 20 \\(the latest\\)"):
         checkpoint.snapshot(5, shapes)
 
 
@@ -383,7 +383,7 @@ def test_sample_from_a_snapshot(numpy_ck, small_data):
 def test_snapshot_needs_a_seed_and_a_kept_step(numpy_ck):
     assert_one_line_error(run_module("sample", "--checkpoint", numpy_ck, "--snapshot", 0), "--seed")
     assert_one_line_error(run_module("sample", "--checkpoint", numpy_ck, "--snapshot", 7, "--seed", 1),
-                          "step 7", "0, 10, 20")
+                          "step 7", "0, 10, or 20 (the latest)")
 
 
 def test_the_checkpoint_json_file_stands_for_its_folder(numpy_ck):

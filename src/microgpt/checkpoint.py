@@ -243,9 +243,9 @@ class Checkpoint:
             return self._checked(self.tensors(), shapes, "", self.meta["state_file"])
         steps = self.snapshot_steps()
         if step not in steps:
-            kept = ", ".join(map(str, steps)) or "none"
-            raise CheckpointError(f"checkpoint {self.path} keeps no weights of step {step}: pick one of "
-                                  f"{kept}, or {self.step} (the latest)")
+            kept = ", ".join(str(s) for s in steps if s != self.step)
+            raise CheckpointError(f"checkpoint {self.path} keeps no weights of step {step}: pick "
+                                  + (f"one of {kept}, or " if kept else "") + f"{self.step} (the latest)")
         name = snapshot_name(step)
         return self._checked(self._read_tensors(self.path / SNAPSHOTS / name, "snapshot"), shapes, "", name)
 

@@ -66,13 +66,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...
         choices = f.metadata.get("choices")
         metavar = None if choices else {"int": "N", "float": "X"}.get(kind.__name__, "VALUE")
         sections[group].add_argument(flag_of(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
-                                     choices=choices, metavar=metavar, help=f"{help_text} (default: {default})")
+                                     choices=choices, metavar=metavar,
+                                     help=help_text if default is None else f"{help_text} (default: {default})")
 
 
 def data_arguments(group: argparse._ArgumentGroup) -> None:
     """--data and --sha256, as every command that reads training data takes them."""
     group.add_argument("--data", metavar="FILE|URL", help="the training text: a file, or an http(s) URL downloaded "
-                       "once into the cache ($MICROGPT_CACHE, default ~/.cache/microgpt) (default: the names "
+                       "once into the cache ($MICROGPT_CACHE, else $XDG_CACHE_HOME/microgpt or ~/.cache/microgpt) "
+                       "(default: the names "
                        "dataset shipped with microgpt)")
     group.add_argument("--sha256", metavar="HEX", help="refuse --data unless its sha256 is HEX (a download's "
                        "sha256 is printed the first time)")

@@ -76,8 +76,8 @@ class Config:
     grad_clip: float = _opt(0.0, "clip the gradients' global norm to X before the update (0 = off)", group="beyond")
     weight_decay: float = _opt(0.0, "decoupled weight decay (AdamW): p -= lr_t * X * p on every weight matrix "
                                "(0 = off)", group="beyond")
-    dropout: float = _opt(0.0, "drop activations with probability P while training (torch and numpy engines; "
-                          "0 = off)", group="beyond")
+    dropout: float = _opt(0.0, "drop activations with probability X while training (the torch engine; 0 = off)",
+                          group="beyond")
     min_lr: float = _opt(0.0, "where the linear and cosine decays end (the book: 0)", group="beyond")
 
     # Chapter 6: sampling.

@@ -305,6 +305,7 @@ def prepare(config: Config, data: str | os.PathLike | None = None, vocab: list[s
     nothing to shuffle) and the windows get a generator of their own. `vocab` (a checkpoint's)
     replaces the vocabulary built from the data; the data must then fit it.
     """
+    config.validate()  # settles the mode's --val-fraction default, and refuses what cannot run
     path = resolve_data(data, sha256)
     rng = random.Random(config.seed)
     if config.data_format == "lines":

@@ -55,7 +55,9 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
                             "step 0 and at checkpoints); give --seed with it")
     else:
         parser.description = ("Mean per-token loss (nats) and perplexity of a checkpoint over a dataset's "
-                              "documents, beside the uniform-guess baseline ln(vocab_size) (chapter 7: evaluation).")
+                              "documents, beside the uniform-guess baseline ln(vocab_size) (chapter 7: evaluation); "
+                              "then it draws samples (--num-samples, --temperature, --seed) and says how many are "
+                              "new documents, not copies of the training data.")
 
 
 def load_model(checkpoint: Checkpoint, engine_name: str = "numpy", options: dict[str, Any] | None = None,

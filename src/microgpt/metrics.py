@@ -253,6 +253,8 @@ def list_runs(path: str | os.PathLike) -> list[RunInfo]:
             runs[run_id] = RunInfo(len(runs) + 1, run_id, record)
         elif record["type"] == "step":
             runs[run_id].steps += 1
+        else:  # a resumed run's header: its settings are the run's latest (a new stage has more steps)
+            runs[run_id].header = {**record, "started": runs[run_id].header.get("started", record.get("started"))}
     return list(runs.values())
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import random
+import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -48,7 +49,9 @@ from .train import TrainingDiverged, mean_loss, train
 
 SNAPSHOT_BUDGET = 50 * 2 ** 20  # bytes of snapshots kept by default (--keep-snapshots auto)
 SAMPLES_DURING_TRAINING = 5
+TEXT_SAMPLE_CHARS = 200  # text mode: how long each sample of a run is (microgpt sample --max-tokens for more)
 STATS_SHARE = 0.1  # matrix statistics every step only while they cost under this share of a step
+STATS_PROBE = 10  # steps measured before `--stats-every auto` settles
 
 # What a run does around training, each a flag: (default, type, metavar, help). A resumed run keeps
 # what it was started with unless told otherwise.
@@ -239,7 +242,7 @@ class TrainingRun:
         self.started = time.perf_counter()
         self.current_step = self.start_step  # the last step completed
         self.in_hook = False  # whether after_step is running (then current_step is the step that stops)
-        self.measured: list[tuple[float, float]] = []  # auto stats: (step seconds, stats seconds) of early steps
+        self.measured: list[tuple[float, float, float]] = []  # auto stats: (step s, stats s, when) of early steps
 
     # Setting up.
 
@@ -366,18 +369,19 @@ class TrainingRun:
         return self.stats_every == 0 or step % self.stats_every == 0
 
     def settle_stats(self, now: float) -> None:
-        """auto: after three steps, keep statistics every step if they cost under STATS_SHARE of one, else thin them."""
+        """auto: from the medians of the first steps (the very first pays for warming up), keep statistics every
+        step while they cost under STATS_SHARE of one, else thin them so that they do."""
         if self.stats_every != 0:
             return
-        self.measured.append((now - getattr(self, "_last_now", self.started), self.engine.stats_seconds))
-        self._last_now = now
-        if len(self.measured) < 4:
+        last = self.measured[-1][2] if self.measured else self.started
+        self.measured.append((now - last, self.engine.stats_seconds, now))
+        if len(self.measured) < STATS_PROBE + 1:
             return
-        step_s = sum(s for s, _ in self.measured[1:]) / 3  # the first step pays for warming up
-        stats_s = sum(t for _, t in self.measured[1:]) / 3
-        self.stats_every = max(1, math.ceil(stats_s / (STATS_SHARE * max(step_s - stats_s, 1e-9))))
+        step_s = statistics.median(s for s, _, _ in self.measured[1:])
+        stats_s = statistics.median(t for _, t, _ in self.measured[1:])
+        share = stats_s / max(step_s - stats_s, 1e-9)
+        self.stats_every = max(1, math.ceil(share / STATS_SHARE))
         if self.stats_every > 1 and self.progress:
-            share = stats_s / max(step_s - stats_s, 1e-9)
             self.progress.note(f"matrix statistics every {self.stats_every} steps (each costs {share:.0%} of a "
                                "step; --stats-every 1 logs every step)")
 
@@ -477,7 +481,7 @@ class TrainingRun:
         return 0
 
     def draw(self, rng: random.Random, count: int, show: bool = False) -> list[str]:
-        """`count` samples from `rng`: documents (lines), or continuations of a newline (text)."""
+        """`count` samples from `rng`: documents (lines), or TEXT_SAMPLE_CHARS characters after a newline (text)."""
         c, tokenizer, out = self.config, self.data.tokenizer, []
         for i in range(count):
             if self.data.format == "lines":
@@ -487,7 +491,7 @@ class TrainingRun:
             else:
                 if show:
                     print(f"--- sample {i + 1} ---", flush=True)
-                text = continue_text(self.engine, tokenizer, rng, c.temperature, c.block_size, c.top_k,
+                text = continue_text(self.engine, tokenizer, rng, c.temperature, TEXT_SAMPLE_CHARS, c.top_k,
                                      on_text=(lambda ch: print(ch, end="", flush=True)) if show else None)
                 if show:
                     print(flush=True)

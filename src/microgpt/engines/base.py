@@ -198,12 +198,12 @@ class Engine(ABC):
         Adam moves every weight by about lr_t whatever its gradient's size, so the update's norm
         follows the learning rate, and update / weight says how fast a matrix is changing.
         """
-        grad, weight, update = (self._sum_squares(kind) for kind in ("grad", "params", "update"))
-        stats = {}
-        for name, g, w, u in zip(self.shapes, grad, weight, update):
-            g, w, u = math.sqrt(g), math.sqrt(w), math.sqrt(u)
-            stats[name] = [g, w, u, u / w if w else math.inf]
-        return stats
+        return {name: [g, w, u, u / w if w else math.inf] for name, g, w, u in zip(self.shapes, *self._norms())}
+
+    def _norms(self) -> tuple[list[float], list[float], list[float]]:
+        """Per matrix, the norms of the gradient, the weights and the last update."""
+        return tuple([math.sqrt(x) for x in self._sum_squares(kind)]  # type: ignore[return-value]
+                     for kind in ("grad", "params", "update"))
 
     # Evaluation and sampling.
 

@@ -405,6 +405,8 @@ class NumpyEngine(Engine):
         self.blocks = [self._block(self.params, i) for i in range(config.n_layer)]
         self.block_grads = [self._block(self.grads, i) for i in range(config.n_layer)]
         self._saved: Activations | None = None  # what backward needs from the last forward
+        self._starts = np.array(list(layout.offsets.values()))  # where each matrix starts in the flat arrays
+        self._squares = np.empty((3, layout.total))  # scratch for the matrix statistics
         self._stepped = False  # whether _tmp[0] holds an update
 
     def _block(self, flat: Array, i: int) -> BlockWeights:
@@ -549,7 +551,19 @@ class NumpyEngine(Engine):
         if flat is None:  # the update: what the last step subtracted, kept in the scratch array
             flat = self._tmp[0] if self._stepped else np.zeros(self.layout.total)
         with np.errstate(all="ignore"):  # a diverging run's statistics are inf: its loss says so, not a warning
-            return np.add.reduceat(flat * flat, list(self.layout.offsets.values())).tolist()
+            return np.add.reduceat(flat * flat, self._starts).tolist()
+
+    def _norms(self) -> tuple[list[float], list[float], list[float]]:
+        # All three at once, in a handful of array operations: they are logged every step.
+        squares = self._squares
+        with np.errstate(all="ignore"):  # a diverging run's statistics are inf: its loss says so, not a warning
+            np.square(self.grads, out=squares[0])
+            np.square(self.params, out=squares[1])
+            if self._stepped:
+                np.square(self._tmp[0], out=squares[2])
+            else:
+                squares[2].fill(0.0)
+            return tuple(np.sqrt(np.add.reduceat(squares, self._starts, axis=1)).tolist())  # (3, matrices)
 
     # Evaluation and sampling.
 
