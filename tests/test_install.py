@@ -1,4 +1,4 @@
-"""A newcomer's first minutes, for real: a fresh clone with no `../shared` beside it, a fresh virtual
+"""A newcomer's first minutes, for real: a fresh clone with nothing beside it, a fresh virtual
 environment (no system site-packages), the install the README gives, then the fast tests; and the
 wheel, installed without the source tree, training offline on the packaged names.
 
@@ -52,7 +52,7 @@ def clean_env(**extra: str) -> dict:
 
 def clone(tmp_path: Path) -> Path:
     """`git clone` of this repository's committed state plus the working tree's changes, in a folder
-    with nothing beside it (no ../shared)."""
+    with nothing beside it (none of the developers' folders next to the repository)."""
     target = tmp_path / "alone" / "microgpt"
     target.parent.mkdir()
     run(["git", "clone", "-q", "--no-hardlinks", ROOT, target], cwd=tmp_path)
@@ -64,7 +64,7 @@ def clone(tmp_path: Path) -> Path:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-    assert not (target.parent / "shared").exists()
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
     return target
 
 
