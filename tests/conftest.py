@@ -308,13 +308,11 @@ def write_synthetic_run(path: Path, header: dict, num_steps: int, seed: int, flo
 @pytest.fixture
 def figures(monkeypatch) -> list:
     """The figures `plot` and `compare` save, kept for inspection (and still written)."""
-    import microgpt.compare
-    import microgpt.plot
+    from microgpt import plotting
 
     saved = []
-    real_save = microgpt.plot.save_figure
-    for module in (microgpt.plot, microgpt.compare):
-        monkeypatch.setattr(module, "save_figure", lambda fig, path: (saved.append(fig), real_save(fig, path)))
+    real_save = plotting.save_figure
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: (saved.append(fig), real_save(fig, path)))
     return saved
 
 

@@ -20,31 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import plotting
 from .config import TRAJECTORY_FIELDS, Config, flag_of
 from .errors import UserError
 from .metrics import MetricsError, list_runs, read_metrics
-from .plotting import (
-    DIVERGED,
-    WINDOW,
-    Curve,
-    add_legend,
-    axis_arguments,
-    check_axis_arguments,
-    check_output,
-    describe_config,
-    draw_raw,
-    draw_uniform,
-    loss_text,
-    mark_divergence,
-    mean_phrase,
-    new_figure,
-    plain,
-    quiet_numbers,
-    reduce_run,
-    save_figure,
-    set_title,
-    set_ylim,
-)
 
 # Run-header entries that change a loss curve besides the config's trajectory fields, with their flags.
 HEADER_FLAGS = {"engine": "--engine", "data": "--data"}
@@ -68,7 +47,7 @@ def parse_run(text: str) -> tuple[Path, int | None]:
     return Path(match.group(1)), run
 
 
-def _read(path: Path, run: int | None, window: int) -> tuple[dict[str, Any], Curve, float, str]:
+def _read(path: Path, run: int | None, window: int) -> tuple[dict[str, Any], plotting.Curve, float, str]:
     """(header, reduced curve, last validation loss, display name) of one run; its arrays are dropped here."""
     try:
         metrics = read_metrics(path, run=run)
@@ -79,9 +58,9 @@ def _read(path: Path, run: int | None, window: int) -> tuple[dict[str, Any], Cur
                 raise UserError(f"{path} holds {count} run{'s' if count > 1 else ''}, not {run}: write "
                                 f"{path}@N with N from 1 to {count}") from None
         raise
-    name = plain(path.name) + (f"@{metrics.index}" if metrics.num_runs > 1 else "")
+    name = plotting.plain(path.name) + (f"@{metrics.index}" if metrics.num_runs > 1 else "")
     val = metrics.val[-1][1] if metrics.val else math.nan
-    return plain(metrics.run), reduce_run(metrics, window), val, name
+    return plotting.plain(metrics.run), plotting.reduce_run(metrics, window), val, name
 
 
 # --- labels ------------------------------------------------------------------------------------
@@ -179,16 +158,16 @@ def _common_description(runs: Sequence[dict[str, Any]]) -> str:
         parts.append(f"{first['engine']} engine")
     if "data" in first and "data" not in differing:
         parts.append(Path(str(first["data"])).name)
-    parts.append(describe_config(first, skip=tuple(differing)))
+    parts.append(plotting.describe_config(first, skip=tuple(differing)))
     return ", ".join(p for p in parts if p)
 
 
 # --- the table -----------------------------------------------------------------------------------
 
 
-def summary_table(labels: Sequence[str], curves: Sequence[Curve], vals: Sequence[float], window: int) -> str:
+def summary_table(labels: Sequence[str], curves: Sequence[plotting.Curve], vals: Sequence[float], window: int) -> str:
     """How each run ended; the mean column says over how many steps it is taken, per run if they differ."""
-    phrases = {mean_phrase(c.steps, window) for c in curves}
+    phrases = {plotting.mean_phrase(c.steps, window) for c in curves}
     if len(phrases) == 1:
         mean_head, marks = phrases.pop(), ["" for _ in curves]
     else:
@@ -198,9 +177,10 @@ def summary_table(labels: Sequence[str], curves: Sequence[Curve], vals: Sequence
     head = ["run", "steps", "final loss", mean_head, "min loss"] + (["val loss"] if with_val else []) + ["wall time"]
     body = []
     for label, c, val, mark in zip(labels, curves, vals, marks, strict=True):
-        cells = [label, str(c.steps), loss_text(c.final), loss_text(c.last_mean) + mark, loss_text(c.low)]
+        text = plotting.loss_text
+        cells = [label, str(c.steps), text(c.final), text(c.last_mean) + mark, text(c.low)]
         if with_val:
-            cells.append(loss_text(val) if math.isfinite(val) else "-")
+            cells.append(text(val) if math.isfinite(val) else "-")
         cells.append(f"{c.time:.1f} s" if math.isfinite(c.time) else "-")
         body.append(cells)
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
@@ -223,7 +203,7 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         "Draw several runs' training losses on one plot (each step faint, and a running mean), labelled by the "
         "training flags where they differ, and print how each run ended: chapter 5's ablations (5.6 Adam vs "
         "SGD, 5.7 learning-rate schedules, 5.8 zeroing) side by side. A run whose running mean ends above "
-        f"{DIVERGED:g} x ln(vocab_size), or whose loss became inf or nan, is drawn up to where it diverged, "
+        f"{plotting.DIVERGED:g} x ln(vocab_size), or whose loss became inf or nan, is drawn up to where it diverged, "
         "marked there, and left out of the fitted loss range.")
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="a metrics file (microgpt train --metrics FILE) for its last run, or FILE@N for its "
@@ -232,19 +212,19 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
                         "name ends in @N is that file)")
     parser.add_argument("-o", "--output", metavar="FILE", default="compare.png",
                         help="image to write, .png, .pdf or .svg (default: compare.png)")
-    parser.add_argument("--window", type=int, default=WINDOW, metavar="N",
-                        help=f"steps in the running mean and in the table's mean (default: {WINDOW})")
-    axis_arguments(parser)
+    parser.add_argument("--window", type=int, default=plotting.WINDOW, metavar="N",
+                        help=f"steps in the running mean and in the table's mean (default: {plotting.WINDOW})")
+    plotting.axis_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     if args.window < 1:
-        raise UserError(f"--window must be at least 1 step, got {args.window} (the default is {WINDOW})")
-    output = check_output(args.output)
-    check_axis_arguments(args)
+        raise UserError(f"--window must be at least 1 step, got {args.window} (the default is {plotting.WINDOW})")
+    output = plotting.check_output(args.output)
+    plotting.check_axis_arguments(args)
     chosen = [parse_run(text) for text in args.runs]
     headers, curves, vals, names = [], [], [], []
-    with quiet_numbers():
+    with plotting.quiet_numbers():
         for path, run in chosen:  # one run's arrays in memory at a time
             header, curve, val, name = _read(path, run, args.window)
             headers.append(header), curves.append(curve), vals.append(val), names.append(name)
@@ -258,27 +238,27 @@ def main(args: argparse.Namespace) -> int:
     vocab_sizes = sorted({h["vocab_size"] for h in headers if "vocab_size" in h})
     for vocab_size in vocab_sizes:
         print(f"uniform guess: ln({vocab_size}) = {math.log(vocab_size):.4f}")
-    print(f"wrote {plain(str(output))}")
+    print(f"wrote {plotting.plain(str(output))}")
     return 0
 
 
-def _draw(output: Path, headers: list[dict[str, Any]], curves: list[Curve], labels: list[str],
+def _draw(output: Path, headers: list[dict[str, Any]], curves: list[plotting.Curve], labels: list[str],
           args: argparse.Namespace) -> None:
-    fig, ax = new_figure()
+    fig, ax = plotting.new_figure()
     faint = max(0.08, 0.25 / len(curves) ** 0.5)  # faint raw losses of many runs blur together
     for i, (curve, label) in enumerate(zip(curves, labels, strict=True)):
         color = f"C{i % 10}"
-        draw_raw(ax, curve, color, faint)
+        plotting.draw_raw(ax, curve, color, faint)
         if curve.diverged_step is not None:
             label += f" (diverged at step {curve.diverged_step})"
         ax.plot(*curve.mean, color=color, linewidth=2.0, label=label)
     vocab_sizes = [h["vocab_size"] for h in headers if "vocab_size" in h]
-    draw_uniform(ax, vocab_sizes)
-    set_ylim(ax, curves, [math.log(v) for v in vocab_sizes], args)
+    plotting.draw_uniform(ax, vocab_sizes)
+    plotting.set_ylim(ax, curves, [math.log(v) for v in vocab_sizes], args)
     for i, curve in enumerate(curves):
-        mark_divergence(ax, curve, f"C{i % 10}")
+        plotting.mark_divergence(ax, curve, f"C{i % 10}")
     common = _common_description(headers)
     title = f"training loss of {len(curves)} runs, running mean over {args.window} steps (faint: each step)"
-    set_title(ax, title, f"common: {common}" if common else "")
-    add_legend(ax)
-    save_figure(fig, output)
+    plotting.set_title(ax, title, f"common: {common}" if common else "")
+    plotting.add_legend(ax)
+    plotting.save_figure(fig, output)
