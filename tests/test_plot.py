@@ -204,6 +204,19 @@ def test_plot_draws_the_losses_the_mean_the_validation_and_the_uniform_level(tmp
     assert ax.get_yscale() == "linear"
 
 
+def test_the_title_names_what_a_run_moved_beyond_the_book(tmp_path, figures):
+    write_run(tmp_path / "book.jsonl")
+    write_run(tmp_path / "recipe.jsonl", data_format="text", beta1=0.9, weight_decay=0.1, grad_clip=1.0,
+              lr_schedule="cosine", min_lr=1e-4)
+    for name in ("book", "recipe"):
+        assert cli.main(["plot", str(tmp_path / f"{name}.jsonl"), "-o", str(tmp_path / f"{name}.png")]) == 0
+    book, recipe = (fig.axes[0].get_title().replace("\n", " ") for fig in figures)
+    assert "--" not in book and "text mode" not in book  # the book's run reads as it always did
+    for part in ("text mode", "--beta1 0.9", "--weight-decay 0.1", "--grad-clip 1", "--min-lr 0.0001"):
+        assert part in recipe, (part, recipe)
+    assert "--dropout" not in recipe and "--init-std" not in recipe  # left at the book's values
+
+
 def test_plot_says_when_a_mean_covers_fewer_steps_than_its_window(tmp_path, figures, capsys):
     records = write_run(tmp_path / "run.jsonl", num_steps=40, val_every=0)
     assert cli.main(["plot", str(tmp_path / "run.jsonl"), "-o", str(tmp_path / "loss.png")]) == 0

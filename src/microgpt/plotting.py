@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .config import Config, flag_of
 from .data import write_atomic
 from .errors import UserError
 from .guard import check_output_file
@@ -403,6 +404,10 @@ def add_legend(ax: Axes) -> None:
         text.set_parse_math(False)
 
 
+# Settings a run may move away from the book's; a title names them only when it does.
+BEYOND_FIELDS = ("init_std", "beta1", "beta2", "min_lr", "weight_decay", "grad_clip", "dropout")
+
+
 def describe_config(run: dict[str, Any], skip: Sequence[str] = ()) -> str:
     """The settings that shape a loss curve, in one line (those named in `skip` are left out)."""
     config = run.get("config") or {}
@@ -430,4 +435,11 @@ def describe_config(run: dict[str, Any], skip: Sequence[str] = ()) -> str:
         add("zero_grad", "no zero_grad")
     if config.get("zero_grad_before"):
         add("zero_grad_before", "zero_grad before")
+    # So are text mode and every setting beyond the book that a run moved from its default, by its flag.
+    if config.get("data_format") == "text":
+        add("data_format", "text mode")
+    book = Config()
+    for key in BEYOND_FIELDS:
+        if key in config and config[key] != getattr(book, key):
+            add(key, f"{flag_of(key)} {config[key]:g}")
     return ", ".join(p for p in parts if p)
