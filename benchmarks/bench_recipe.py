@@ -481,12 +481,12 @@ def spread(xs: list[float]) -> tuple[float, float, float, float]:
 
 def table(results: dict[str, Any], names: list[str], seeds: list[int], steps: int,
           timing: dict[str, float] | None = None) -> str:
-    """Markdown: per variant, final validation loss over the seeds and the paired difference to `ours`,
+    """Markdown: per variant, final validation loss over the seeds and the paired difference to its base,
     and training tokens/s (from --time when measured, else the mean over the runs)."""
     timing = timing or {}
-    base = {r["seed"]: r for r in runs_of(results, "ours", seeds, steps)}
+    bases = {b: {r["seed"]: r for r in runs_of(results, b, seeds, steps)} for b in ("ours", "nanogpt")}
     rows = ["| variant | seeds | val loss (200 windows) mean ± sd [min, max] | val loss, whole held-out text "
-            "| Δ vs ours (paired, whole text) mean ± sd | train tokens/s |",
+            "| Δ vs its base (paired, whole text) mean ± sd | train tokens/s |",
             "|---|---|---|---|---|---|"]
     for name in names:
         runs = runs_of(results, name, seeds, steps)
@@ -494,13 +494,23 @@ def table(results: dict[str, Any], names: list[str], seeds: list[int], steps: in
             continue
         m, sd, lo, hi = spread([r["val"] for r in runs])
         fm, fsd, _, _ = spread([r["val_full"] for r in runs])
+        # A variant is compared with the model it changes: nanoGPT's for "nanogpt+...", else ours.
+        base = bases["nanogpt" if name.startswith("nanogpt") else "ours"]
         deltas = [r["val_full"] - base[r["seed"]]["val_full"] for r in runs if r["seed"] in base]
-        dm, dsd, _, _ = spread(deltas) if deltas and name != "ours" else (math.nan, math.nan, 0, 0)
+        dm, dsd, _, _ = spread(deltas) if deltas and name not in bases else (math.nan, math.nan, 0, 0)
         delta = "" if math.isnan(dm) else f"{dm:+.4f} ± {dsd:.4f}"
         tps = timing.get(name) or statistics.fmean(r["tokens_per_s"] for r in runs)
         rows.append(f"| {name} | {len(runs)} | {m:.4f} ± {sd:.4f} [{lo:.4f}, {hi:.4f}] | {fm:.4f} ± {fsd:.4f} "
                     f"| {delta} | {tps:,.0f} |")
     return "\n".join(rows)
+
+
+# How the figure names the variants it draws; any other is drawn under its own name.
+PLOT_LABELS = {
+    "ours": "the book's GPT, the book's Adam (beta1 0.85, no decay, no clipping)",
+    "nanogpt": "nanoGPT's model and optimizer",
+    "ours+nanogpt_optim": "the book's GPT, nanoGPT's optimizer settings",
+}
 
 
 def plot(results: dict[str, Any], names: list[str], seeds: list[int], steps: int, out: Path,
@@ -512,7 +522,7 @@ def plot(results: dict[str, Any], names: list[str], seeds: list[int], steps: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=90)
     for name, colour in zip(names, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False):
         runs = runs_of(results, name, seeds, steps)
         if not runs:
@@ -523,11 +533,12 @@ def plot(results: dict[str, Any], names: list[str], seeds: list[int], steps: int
             smooth.append([statistics.fmean(xs[max(0, i - window + 1):i + 1]) for i in range(len(xs))])
         x = list(range(1, steps + 1))
         mean = [statistics.fmean(col) for col in zip(*smooth)]
-        ax.plot(x, mean, color=colour, lw=1, alpha=0.8, label=f"{name}: train (mean of last {window} steps)")
+        label = PLOT_LABELS.get(name, name)
+        ax.plot(x, mean, color=colour, lw=1, alpha=0.6, label=f"{label}: training (mean of the last {window} steps)")
         vx = [p[0] for p in runs[0]["curve"]]
         vals = list(zip(*[[p[1] for p in r["curve"]] for r in runs]))
         ax.plot(vx, [statistics.fmean(v) for v in vals], "o-", color=colour, lw=2, ms=4,
-                label=f"{name}: validation")
+                label=f"{label}: validation")
         ax.fill_between(vx, [min(v) for v in vals], [max(v) for v in vals], color=colour, alpha=0.2)
     ax.set_ylim(1.4, 3.2)
     ax.set_xlabel("step")
