@@ -175,6 +175,27 @@ def test_one_forward_backward_matches_the_book(engine, case):
     fast.close()
 
 
+@pytest.mark.parametrize("engine", engine_params())
+def test_matrix_statistics_match_the_book_engine_with_weight_decay(engine):
+    """Per matrix: gradient, weight and update norms. The update is the optimizer's move alone, in
+    every engine; with a large weight decay, counting the decay too would differ by far more than
+    the tolerance."""
+    config = Config(weight_decay=0.5).validate()
+    batch = batch_for("stats", [5, 9])
+    engines = [create_engine(name, config, VOCAB, random.Random(3)) for name in ("scalar", engine)]
+    for e in engines:
+        e.want_stats = True
+        e.forward(batch)
+        e.backward()
+        e.step(0.01, 0)
+    book, fast = (e.last_stats for e in engines)
+    assert list(fast) == list(book)
+    for name in book:
+        assert_parity(f"{name} statistics", fast[name], book[name], tolerance(engine).grad, relative=True)
+    for e in engines:
+        e.close()
+
+
 @pytest.mark.parametrize("shape", [(1, 16, 4, 16), (2, 12, 3, 7)], ids=["book-model", "two-layers"])
 @pytest.mark.parametrize("engine", engine_params())
 def test_sampling_logits_match_the_book(engine, shape):

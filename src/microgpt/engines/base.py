@@ -190,7 +190,8 @@ class Engine(ABC):
     @abstractmethod
     def _sum_squares(self, kind: str) -> list[float]:
         """Per matrix, in the layout's order: the sum of squares of flat array `kind`
-        ("params", "grad", or "update": what the last step subtracted from the weights)."""
+        ("params", "grad", or "update": what the optimizer's last move subtracted from the weights,
+        weight decay not included)."""
 
     def matrix_stats(self) -> dict[str, list[float]]:
         """Per matrix: [gradient norm, weight norm, last update's norm, update / weight].

@@ -74,16 +74,13 @@ class ScalarEngine(Engine):
                 self._loss.backward()
                 self._loss = None  # let the graph go
 
-    def step(self, lr_t: float, step: int) -> None:
-        if self.want_stats:  # the update's size is what the weights were minus what they are
-            self._before = [p.data for p in self.params]
-        super().step(lr_t, step)
-
     def _update(self, lr_t: float, step: int) -> None:
         decay = self.config.weight_decay
         if decay:  # decoupled (AdamW): shrink every weight before Adam moves it
             for p in self.params:
                 p.data -= lr_t * decay * p.data
+        if self.want_stats:  # the optimizer's move is what the weights were minus what they are
+            self._before = [p.data for p in self.params]
         self.optimizer.step(lr_t, step)
 
     def zero_grad(self) -> None:
