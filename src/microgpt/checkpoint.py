@@ -41,6 +41,7 @@ from .config import Config
 from .data import write_atomic
 from .engines.base import Engine, ShapeError, check_shapes
 from .errors import UserError
+from .metrics import RUN_ID, TIMESTAMP
 
 FORMAT = "microgpt-checkpoint"
 FORMAT_VERSION = 2
@@ -90,7 +91,7 @@ def _vocab(value: Any, where: str) -> list[str]:
 
 def _plain_name(value: Any, where: str) -> str:
     name = s.string(255, r"[^/\\\x00]+", "a plain file name inside the checkpoint folder")(value, where)
-    if name in (".", "..") or name.startswith("."):
+    if name.startswith("."):
         raise s.SchemaError(where, "a plain file name inside the checkpoint folder", value)
     return name
 
@@ -139,7 +140,7 @@ CHECKPOINT = s.record({
     "state_sha256": HEX64,
     "saved_at": s.string(100),
     "elapsed": s.number(lo=0),
-    "run_id": s.string(64, r"[0-9A-Za-z_-]+", "a run id of letters, digits, - and _"),
+    "run_id": RUN_ID,
     "metrics": s.optional(_plain_name),
     "metrics_hint": s.optional(s.string(4096)),
     "stages": s.list_of(s.record({"from": s.integer(0), "to": s.integer(1)}, required=("from", "to"), extra=False),
@@ -180,13 +181,17 @@ class Checkpoint:
         state = self.meta["rng_state"] if name == "main" else self.meta.get("rngs", {}).get(name)
         return None if state is None else (state[0], tuple(state[1]), state[2])
 
-    def _read_tensors(self, file: Path, what: str) -> dict[str, Any]:
+    def _read_tensors(self, file: Path, what: str, sha256: str | None = None) -> dict[str, Any]:
+        """The tensors of `file`, read once; checked against `sha256` first when one is recorded."""
         from safetensors.numpy import load
 
         if not file.is_file():
             raise CheckpointError(f"checkpoint {self.path} is incomplete: {what} {file.name} is missing; "
                                   "use another checkpoint or start a new run")
         payload = file.read_bytes()
+        if sha256 is not None and hashlib.sha256(payload).hexdigest() != sha256:
+            raise CheckpointError(f"checkpoint {self.path} is corrupt: {file.name} does not match its recorded "
+                                  "sha256 (truncated or modified); use another checkpoint or start a new run")
         try:
             return load(payload)
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
@@ -196,11 +201,7 @@ class Checkpoint:
 
     def tensors(self) -> dict[str, Any]:
         """Read and verify the state file: name -> float64 array, finite, matching its sha256."""
-        file = self.path / self.meta["state_file"]
-        if file.is_file() and hashlib.sha256(file.read_bytes()).hexdigest() != self.meta["state_sha256"]:
-            raise CheckpointError(f"checkpoint {self.path} is corrupt: {file.name} does not match its recorded "
-                                  "sha256 (truncated or modified); use another checkpoint or start a new run")
-        return self._read_tensors(file, "the state file")
+        return self._read_tensors(self.path / self.meta["state_file"], "the state file", self.meta["state_sha256"])
 
     def _checked(self, tensors: dict[str, Any], shapes: dict[str, tuple[int, int]], prefix: str,
                  file: str) -> dict[str, Any]:
@@ -338,7 +339,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], step: int, meta: di
     state_file = f"state-{step:07d}.safetensors"
     write_atomic(path / state_file, payload)
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "step": step, **meta, "state_file": state_file,
-            "state_sha256": hashlib.sha256(payload).hexdigest(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "state_sha256": hashlib.sha256(payload).hexdigest(), "saved_at": time.strftime(TIMESTAMP)}
     write_atomic(path / META, json.dumps(meta, indent=1).encode("utf-8"))
     # Only now is the new state file the one checkpoint.json names; older ones can go, and so can
     # what a killed write left half-written (the run holds the folder's lock: no other writer is at work).

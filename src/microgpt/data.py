@@ -41,7 +41,6 @@ NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 MAX_DATA_BYTES = 1 << 30  # a character-level model on more than 1 GiB of text is not what this tool is for
-FORMATS = ("lines", "text")
 DATASETS = Path(__file__).resolve().parent / "datasets"  # the package's own data files
 
 
@@ -90,7 +89,7 @@ def resolve_data(spec: str | os.PathLike | None, sha256: str | None = None) -> P
     return path
 
 
-def fetch(url: str, sha256: str | None = None, timeout: float = 30.0, name: str | None = None,
+def fetch(url: str, sha256: str | None = None, timeout: float = 30.0,
           progress: Callable[[str], None] | None = None) -> Path:
     """Download `url` once into the cache (atomically) and return the cached file.
 
@@ -99,7 +98,7 @@ def fetch(url: str, sha256: str | None = None, timeout: float = 30.0, name: str 
     too; without, the sha256 is printed so the user can pin it next time.
     """
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
-    target = cache_dir() / (name or _cache_name(url))
+    target = cache_dir() / _cache_name(url)
     if target.is_file():
         if sha256 is None or _sha256(target.read_bytes()) == sha256.lower():
             return target

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .checkpoint import SNAPSHOTS
 from .config import Config
 from .errors import Interrupted, UserError
 
@@ -95,10 +96,10 @@ def probe_writable(folder: Path) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--out {folder} is a file: pass a folder for the checkpoints")
-    for inside in ("snapshots",):  # written into by the run: a link would send the files elsewhere
-        if (folder / inside).is_symlink() or ((folder / inside).exists() and not (folder / inside).is_dir()):
-            raise UserError(f"{folder / inside} is not a folder of its own (a link or a file): remove it, or pick "
-                            "another --out folder")
+    inside = folder / SNAPSHOTS  # written into by the run: a link would send the files elsewhere
+    if inside.is_symlink() or (inside.exists() and not inside.is_dir()):
+        raise UserError(f"{inside} is not a folder of its own (a link or a file): remove it, or pick another "
+                        "--out folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
@@ -165,11 +166,11 @@ def check_memory(config: Config, vocab_size: int, engine: str) -> None:
 
 
 def _size(n: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1000
-    return f"{n:.1f} PB"
+    return f"{n:.1f} TB"
 
 
 class SignalHandler:

@@ -46,9 +46,13 @@ def _config_fields() -> s.Check:
     return s.record(checks)
 
 
+# A run's id, as metrics files and checkpoints both record it, and how both write a time of day.
+RUN_ID = s.string(64, r"[0-9A-Za-z_-]+", "a run id of letters, digits, - and _")
+TIMESTAMP = "%Y-%m-%dT%H:%M:%S%z"
+
 RUN_HEADER = s.record({
     "type": s.one_of("run"),
-    "run_id": s.string(64, r"[0-9A-Za-z_-]+", "a run id of letters, digits, - and _"),
+    "run_id": RUN_ID,
     "engine": s.string(100),
     "config": _config_fields(),
     "data": s.string(4096),

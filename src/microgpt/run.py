@@ -42,7 +42,7 @@ from .engines import create_engine, engine_options
 from .engines.base import Engine
 from .errors import UserError, WriteFailure
 from .guard import FolderLock, catch_signals, check_memory, probe_writable
-from .metrics import MetricsWriter, check_metrics_path
+from .metrics import TIMESTAMP, MetricsWriter, check_metrics_path
 from .progress import Progress
 from .sample import continue_text, sample
 from .train import TrainingDiverged, mean_loss, train
@@ -279,8 +279,8 @@ class TrainingRun:
         d = self.data
         return {"run_id": self.plan.run_id, "engine": self.engine.name, "config": self.config.to_dict(),
                 "data": str(d.path), "data_format": d.format, "vocab_size": d.tokenizer.vocab_size,
-                "num_params": self.engine.num_params, "num_docs": len(d.docs) if d.format == "lines" else d.size,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "num_params": self.engine.num_params, "num_docs": d.size,
+                "started": time.strftime(TIMESTAMP)}
 
     # The run.
 
