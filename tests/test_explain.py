@@ -276,6 +276,20 @@ def test_text_mode_page_holds_windows_and_continuations(text_run):
     assert tokenizer.BOS == data["bos"]
 
 
+def test_a_text_without_newlines_is_continued_from_the_default_prompt(tmp_path):
+    """The page samples as `microgpt sample` does, from its default prompt, which is a space here."""
+    data = tmp_path / "one-line.txt"
+    data.write_text("the cat sat on the mat and the dog sat on the log " * 40, encoding="utf-8")
+    folder = train_run(tmp_path / "run", "--data", data, "--data-format", "text", "--steps", 20,
+                       "--checkpoint-every", 20)
+    page = page_json(explain(folder))
+    assert page["default_prompt"] == " "
+    rc, out, err = run_cli("sample", "--checkpoint", folder, "--snapshot", 20, "--seed", 42, "--max-tokens", 200)
+    assert rc == 0, err
+    [continuation] = page["snapshots"][-1]["samples"]
+    assert out.startswith(" " + continuation)
+
+
 # --- trace -----------------------------------------------------------------------------------
 
 

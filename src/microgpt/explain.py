@@ -39,7 +39,7 @@ from .engines.base import Engine, param_shapes
 from .errors import UserError
 from .guard import check_output_file
 from .metrics import Metrics, list_runs, read_metrics
-from .sample import continue_text, sample
+from .sample import continue_text, default_prompt, sample
 from .tokenizer import Tokenizer
 
 PAGE_BUDGET = 25_000_000  # bytes: the most a page may weigh; a browser still opens it in a few seconds
@@ -243,9 +243,10 @@ def _stats(metrics: Metrics, names: list[str]) -> dict[str, Any] | None:
 
 
 def _draw(engine: Engine, tokenizer: Tokenizer, rng: random.Random, config: Config, count: int) -> list[str]:
-    """`count` samples exactly as `microgpt sample` draws them: documents, or continuations of a newline."""
+    """`count` samples exactly as `microgpt sample` draws them: documents, or continuations of the
+    default prompt (a newline where the text has one)."""
     if config.data_format == "text":
-        return [continue_text(engine, tokenizer, rng, config.temperature, TEXT_SAMPLE_TOKENS, config.top_k, "\n")
+        return [continue_text(engine, tokenizer, rng, config.temperature, TEXT_SAMPLE_TOKENS, config.top_k)
                 for _ in range(count)]
     return [sample(engine, tokenizer, rng, config.temperature, config.top_k) for _ in range(count)]
 
@@ -317,6 +318,8 @@ def page_data(checkpoint: Checkpoint, metrics_path: str | None = None, data: str
         "train_set": _joined(train_set, DOCS_BUDGET), "held_out_set": _joined(held_set, DOCS_BUDGET),
         "default_text": (tokenizer.decode(dataset.train_ids[:config.block_size + 1]) if text_mode
                          else (dataset.train_docs or dataset.docs)[0]),
+        # What `microgpt sample` continues when given no --prompt (lines mode: nothing).
+        "default_prompt": default_prompt(tokenizer) if text_mode else "",
         "rng_state": list(checkpoint.rng_state()[1]),
     }
 

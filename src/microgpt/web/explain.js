@@ -613,7 +613,7 @@ window.explainPage = (function () {
   function buildSamplingControls() {
     const prompt = textMode ? el("textarea", { id: "prompt-box", rows: "2", spellcheck: "false" }) : null;
     if (prompt) $("prompt-box").replaceWith(prompt);
-    $("prompt-box").value = textMode ? "\n" : "";
+    $("prompt-box").value = data.default_prompt;
     const temperature = $("temperature");
     temperature.min = "0.01";
     temperature.step = "0.01";
@@ -675,7 +675,7 @@ window.explainPage = (function () {
     }
     if (settings.temperature !== config.temperature) words.push("--temperature", String(settings.temperature));
     if (settings.topK !== config.top_k) words.push("--top-k", String(settings.topK));
-    if (settings.prompt !== (textMode ? "\n" : "")) words.push("--prompt", settings.prompt);
+    if (settings.prompt !== data.default_prompt) words.push("--prompt", settings.prompt);
     if (textMode) words.push("--max-tokens", String(data.samples.max_tokens));
     const printed = textMode ? 1 : config.num_samples; // what `sample` prints without --num-samples
     if (upTo !== printed) words.push("--num-samples", String(upTo));
