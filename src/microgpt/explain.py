@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import html
 import json
 import math
 import random
@@ -33,12 +34,13 @@ from typing import Any
 
 from . import __version__
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import Config
+from .config import MAX_SEED, Config
 from .data import Dataset, batch_docs, prepare, write_atomic
-from .engines.base import Engine, param_shapes
+from .engines.base import Engine, Layout, param_shapes
 from .errors import UserError
 from .guard import check_output_file
 from .metrics import Metrics, list_runs, read_metrics
+from .plotting import WINDOW
 from .sample import continue_text, default_prompt, sample
 from .tokenizer import Tokenizer
 
@@ -51,7 +53,6 @@ DOCS_BUDGET = 4_000_000  # characters of training documents (or lines) embedded 
 WINDOWS_BUDGET = 2_000_000  # characters of text-mode training windows embedded for the loss chart's hover
 TEXT_SAMPLE_TOKENS = 200  # characters per text-mode sample (the page draws them in JavaScript, one by one)
 GRAPH_PARAMS = 50_000  # above this many parameters, building even 3 positions of the scalar graph is too slow
-RUNNING_WINDOW = 100  # steps in the running mean of the loss, as `microgpt plot` draws it
 SCRIPTS = ("vendor/uPlot.iife.min.js", "random.js", "model.js", "explain.js")
 STYLES = ("vendor/uPlot.min.css", "explain.css")
 
@@ -118,7 +119,7 @@ def graph_counts(config: Config, vocab_size: int) -> dict[str, Any]:
     from .graph import build, operation_counts
 
     shapes = param_shapes(config, vocab_size)
-    num_params = sum(r * c for r, c in shapes.values())
+    num_params = Layout(shapes).total
     if num_params > GRAPH_PARAMS:
         return {"note": f"the book engine would build about {_graph_estimate(config, vocab_size):,} Values per "
                         f"position for this model ({num_params:,} parameters); too many to build here"}
@@ -272,7 +273,7 @@ def _snapshot_count(requested: int | None, available: int, per_snapshot: int, ba
 
 
 def _command(*words: Any) -> str:
-    return " ".join(shlex.quote(str(w)) for w in words)
+    return shlex.join(str(w) for w in words)
 
 
 def page_data(checkpoint: Checkpoint, metrics_path: str | None = None, data: str | None = None,
@@ -283,12 +284,12 @@ def page_data(checkpoint: Checkpoint, metrics_path: str | None = None, data: str
     tokenizer = Tokenizer(checkpoint.vocab)
     V = tokenizer.vocab_size
     seed = config.seed if seed is None else seed
-    if not 0 <= seed < 2 ** 64:
+    if not 0 <= seed < MAX_SEED:
         raise UserError(f"--seed must be 0 or more and below 2**64, got {seed}")
     dataset = _dataset(checkpoint, data)
     metrics = _metrics(checkpoint, metrics_path)
     shapes = param_shapes(config, V)
-    num_params = sum(r * c for r, c in shapes.values())
+    num_params = Layout(shapes).total
     dtype = "float32" if num_params > FLOAT32_ABOVE else "float64"
     where = shown_dir or str(checkpoint.path)
 
@@ -310,7 +311,7 @@ def page_data(checkpoint: Checkpoint, metrics_path: str | None = None, data: str
         "training": {
             "steps": list(metrics.step), "loss": [_finite(x) for x in metrics.loss],
             "lr": [_finite(x) for x in metrics.lr], "val": [[s, _finite(v)] for s, v in metrics.val],
-            "running_window": RUNNING_WINDOW, "uniform": math.log(V),
+            "running_window": WINDOW, "uniform": math.log(V),
             **_step_documents(dataset, metrics, config),
         },
         "stats": _stats(metrics, list(shapes)),
@@ -397,7 +398,7 @@ def render(data: dict[str, Any]) -> str:
     """The page: the template with the styles, the scripts and the data (JSON) inlined."""
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     parts = {
-        "title": _html_text(f"microgpt explain: {data['run']['dir']}"),
+        "title": html.escape(f"microgpt explain: {data['run']['dir']}", quote=False),
         "styles": "\n".join(f"<style>\n{_style(_asset(name))}\n</style>" for name in STYLES),
         # "<" escaped as \u003c: the JSON cannot end its script element, and JSON.parse reads it back.
         "data": payload.replace("<", "\\u003c"),
@@ -405,10 +406,6 @@ def render(data: dict[str, Any]) -> str:
     }
     # One pass over the template, so nothing inlined is ever scanned for markers.
     return re.sub(r"<!-- microgpt:(\w+) -->", lambda m: parts[m.group(1)], _asset("explain.html"))
-
-
-def _html_text(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -122,6 +122,7 @@ def finite_difference(engine: Engine, weights: dict[str, list[list[float]]], tok
     """(L(p+h) - L(p-h)) / 2h for the weight name[r][c]; also L(p+h) and the step actually taken.
 
     Only the Engine interface is used: change one number of the weights, load them, evaluate.
+    `weights` is left as given; the engine keeps the last weights loaded (the next call loads its own).
     """
     original = weights[name][r][c]
     up, down = original + h, original - h
@@ -132,7 +133,6 @@ def finite_difference(engine: Engine, weights: dict[str, list[list[float]]], tok
     engine.load_state_dict(weights)
     loss_down = engine.evaluate(tokens)
     weights[name][r][c] = original
-    engine.load_state_dict(weights)
     # In floating point (p + h) - (p - h) is not exactly 2h; dividing by the true step removes that error.
     return (loss_up - loss_down) / (up - down), loss_up, up - original
 

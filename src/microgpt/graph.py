@@ -12,7 +12,7 @@ per operation in each part of the model (a weight matrix and what is computed fr
 next matrix joins), labelled with how many Values it stands for. `--full` draws every Value, which only a tiny model
 keeps legible. A drawing is refused, never shrunk, when it would exceed `MAX_PIXELS`.
 
-Exports: `configure`, `main`, `build`, `count_nodes`, `operation_counts`, `depth`, `forward_matrices`,
+Exports: `configure`, `main`, `build`, `operation_counts`, `depth`, `forward_matrices`,
 `attribute`, `group_counts`, `to_grouped_dot`, `to_dot`, `MAX_PIXELS`, `FULL_LIMIT`.
 """
 
@@ -92,18 +92,6 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 # --- walking the graph ------------------------------------------------------------------------
 
 
-def count_nodes(root: Value) -> int:
-    """How many distinct Values the graph below `root` holds (no order needed, so a plain search)."""
-    seen = {id(root)}
-    todo = [root]
-    while todo:
-        for child in todo.pop()._children:
-            if id(child) not in seen:
-                seen.add(id(child))
-                todo.append(child)
-    return len(seen)
-
-
 def operation_counts(nodes: list[Value], parameter_ids: set[int]) -> Counter:
     """Nodes by operation (`+`, `*`, `**-1`, `exp`, ...); leaves split into parameters and constants."""
     return Counter(_kind(node, parameter_ids) for node in nodes)
@@ -139,7 +127,7 @@ def build(config: Config, vocab_size: int, tokens: list[int], seed: int) -> tupl
 
 def size_of(config: Config, vocab_size: int, tokens: list[int]) -> int:
     """Node count of one step's graph; the count does not depend on the weights' values."""
-    return count_nodes(build(config, vocab_size, tokens, 0)[0])
+    return len(topological_order(build(config, vocab_size, tokens, 0)[0]))
 
 
 def growth(config: Config, vocab_size: int, tokens: list[int]) -> tuple[list[int], dict[int, list[int]]]:

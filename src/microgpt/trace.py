@@ -66,7 +66,6 @@ class Trace:
     tokens: list[int]
     rows: list[Row]
     attention: list[Any]
-    truncated: bool = False
 
     @property
     def mean_loss(self) -> float:
@@ -97,7 +96,7 @@ def _softmax_rows(logits: Any) -> Any:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def trace(engine: Engine, tokens: list[int], truncated: bool = False) -> Trace:
+def trace(engine: Engine, tokens: list[int]) -> Trace:
     """Every position of `tokens` (inputs tokens[:-1], targets tokens[1:]) through the NumPy engine."""
     import numpy as np
 
@@ -111,7 +110,7 @@ def trace(engine: Engine, tokens: list[int], truncated: bool = False) -> Trace:
         rows.append(Row(pos, inp, tgt, float(p[tgt]), -math.log(p[tgt]) if p[tgt] > 0 else math.inf,
                         [(i, float(p[i])) for i in order]))
     attention = [np.asarray(a) for a in engine.attention(inputs)]
-    return Trace(list(tokens), rows, attention, truncated)
+    return Trace(list(tokens), rows, attention)
 
 
 # --- showing them -----------------------------------------------------------------------------
@@ -194,7 +193,7 @@ def main(args: argparse.Namespace) -> int:
     tokens, truncated = example_of(tokenizer, args.text, text_mode, config.block_size)
     engine, _ = load_model(checkpoint, "numpy", step=args.snapshot)
     try:
-        result = trace(engine, tokens, truncated)
+        result = trace(engine, tokens)
     finally:
         engine.close()
     step = checkpoint.step if args.snapshot is None else args.snapshot
