@@ -41,10 +41,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy is first impo
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from timing import times_of  # noqa: E402
+from timing import shakespeare, times_of  # noqa: E402
 
 from microgpt.config import Config  # noqa: E402
-from microgpt.data import SHAKESPEARE_SHA256, SHAKESPEARE_URL, DataError, fetch, prepare  # noqa: E402
+from microgpt.data import DataError, prepare  # noqa: E402
 from microgpt.engines import create_engine  # noqa: E402
 from microgpt.train import train  # noqa: E402
 
@@ -250,11 +250,6 @@ def gemm_floor(engine, rows: int, repeat: int = 200) -> float:
 
 
 # --- the larger model on Shakespeare's lines ---------------------------------------------------------
-
-
-def shakespeare(data: str | None) -> Path:
-    """--data, or the public copy of Tiny Shakespeare, downloaded once into the cache and checked."""
-    return Path(data) if data else fetch(SHAKESPEARE_URL, SHAKESPEARE_SHA256)
 
 
 def larger_model(args: argparse.Namespace) -> None:

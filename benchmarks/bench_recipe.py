@@ -45,7 +45,6 @@ import concurrent.futures
 import json
 import math
 import multiprocessing
-import os
 import random
 import statistics
 import sys
@@ -57,9 +56,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timing import shakespeare
 
-from microgpt.config import Config
-from microgpt.data import SHAKESPEARE_SHA256, SHAKESPEARE_URL, Dataset, fetch, prepare
+from microgpt.config import Config, flag_of
+from microgpt.data import Dataset, prepare, write_atomic
 from microgpt.engines import create_engine
 from microgpt.engines.base import Layout, initial_values
 from microgpt.optim import learning_rate
@@ -89,9 +89,8 @@ OURS: dict[str, Any] = dict(
 NANOGPT: dict[str, Any] = dict(OURS, norm="layernorm", activation="gelu", embed_norm=False, final_norm=True,
                                tied=True, init="nanogpt", init_std=0.02, beta1=0.9, weight_decay=0.1, grad_clip=1.0)
 # What the product can change by flag; the rest of the switches need the script's model.
-PRODUCT_FLAGS = {"init_std": "--init-std", "beta1": "--beta1", "weight_decay": "--weight-decay",
-                 "grad_clip": "--grad-clip"}
-NANOGPT_OPTIM = dict(beta1=0.9, weight_decay=0.1, grad_clip=1.0)
+PRODUCT_FLAGS = ("init_std", "beta1", "weight_decay", "grad_clip")
+NANOGPT_OPTIM = {key: NANOGPT[key] for key in ("beta1", "weight_decay", "grad_clip")}
 
 
 def variant(engine: str, base: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -145,7 +144,7 @@ def recipe_config(spec: dict[str, Any], seed: int, steps: int, eval_windows: int
 
 def command(spec: dict[str, Any], data: str = "FILE") -> str:
     """The `microgpt train` command of a product variant."""
-    flags = [f"{flag} {spec[key]:g}" for key, flag in PRODUCT_FLAGS.items() if spec[key] != OURS[key]]
+    flags = [f"{flag_of(key)} {spec[key]:g}" for key in PRODUCT_FLAGS if spec[key] != OURS[key]]
     return ("microgpt train --data " + data + " --data-format text --engine torch --dtype float32 "
             "--n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12 --steps 2000 "
             "--lr 1e-3 --warmup-steps 100 --lr-schedule cosine --min-lr 1e-4 --eval-every 250"
@@ -243,7 +242,7 @@ class RecipeGPT(nn.Module):
         for name, p in self.book_matrices().items():
             p.copy_(torch.as_tensor(weights[name], dtype=torch.float64))
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, V) logits, or the mean cross-entropy against (B, T) targets."""
         T = idx.shape[1]
         x = self.wte[idx] + self.wpe[:T]  # (B, T, C)
@@ -254,8 +253,6 @@ class RecipeGPT(nn.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = F.linear(x, self.wte if self.lm_head is None else self.lm_head)  # (B, T, V)
-        if targets is None:
-            return logits
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
@@ -465,9 +462,7 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def save(path: Path, results: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(results).encode())
 
 
 def runs_of(results: dict[str, Any], name: str, seeds: list[int], steps: int) -> list[dict[str, Any]]:
@@ -577,7 +572,7 @@ def main() -> None:
                         "the product's torch engine")
     args = parser.parse_args()
 
-    data = args.data or str(fetch(SHAKESPEARE_URL, SHAKESPEARE_SHA256))
+    data = str(shakespeare(args.data))
     if args.check:
         check(data)
         return

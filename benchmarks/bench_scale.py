@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from timing import times_of  # noqa: E402
+from timing import shakespeare, times_of  # noqa: E402
 
 MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12)
 RUNS = [("numpy", "float64"), ("torch", "float64"), ("torch", "float32"), ("torch", "bfloat16")]
@@ -195,10 +195,10 @@ def main() -> None:
         child(args)
         return
 
-    from microgpt.data import SHAKESPEARE_SHA256, SHAKESPEARE_URL, DataError, fetch, load_text
+    from microgpt.data import DataError, load_text
 
     try:  # read once here, so a missing or unreadable file is one line, not a child's traceback
-        data = Path(args.data) if args.data else fetch(SHAKESPEARE_URL, SHAKESPEARE_SHA256)
+        data = shakespeare(args.data)
         load_text(data)
     except DataError as e:
         sys.exit(f"bench_scale.py: {e}")

@@ -279,12 +279,6 @@ def data(tmp_path_factory) -> Path:
     return write_docs(tmp_path_factory.mktemp("data") / "docs.txt", TINY_DOCS)
 
 
-@pytest.fixture(scope="session")
-def book_run() -> dict:
-    """The faithful default run on the book engine: minutes, so run once per test session."""
-    return default_run("scalar")
-
-
 def write_synthetic_run(path: Path, header: dict, num_steps: int, seed: int, floor: float, decay: float,
                         step_time: float, lr: Callable[[int], float] = lambda step: 0.01,
                         val_loss: Callable[[int], float | None] = lambda step: None) -> list[dict]:
