@@ -35,9 +35,7 @@ def engine_options(args: argparse.Namespace, engine: str, saved: dict[str, Any] 
 
     A flag the engine does not take is refused, naming the engine that does.
     """
-    if engine not in ENGINES:
-        raise UserError(f"unknown engine {engine!r}: pick one of {', '.join(ENGINES)}")
-    defaults = ENGINES[engine][3]
+    defaults = _spec(engine)[3]
     given = {k: getattr(args, k) for k in ("device", "dtype", "compile", "threads") if hasattr(args, k)}
     for key in given:
         if key not in defaults:
@@ -51,9 +49,7 @@ def engine_options(args: argparse.Namespace, engine: str, saved: dict[str, Any] 
 
 def create_engine(name: str, config: Config, vocab_size: int, rng: random.Random, **options: Any) -> Engine:
     """Build engine `name`, drawing its initial weights from `rng`."""
-    if name not in ENGINES:
-        raise UserError(f"unknown engine {name!r}: pick one of {', '.join(ENGINES)}")
-    module_name, class_name, install, _ = ENGINES[name]
+    module_name, class_name, install, _ = _spec(name)
     if name == "numpy":
         _blas_threads(options.pop("threads", 0))
     try:
@@ -61,6 +57,13 @@ def create_engine(name: str, config: Config, vocab_size: int, rng: random.Random
     except ImportError as e:
         raise UserError(f"the {name} engine needs a package that is not installed ({e.name}): {install}") from None
     return getattr(module, class_name)(config, vocab_size, rng, **options)
+
+
+def _spec(name: str) -> tuple[str, str, str, dict[str, Any]]:
+    """The registry's entry of engine `name`, or one line naming the engines there are."""
+    if name not in ENGINES:
+        raise UserError(f"unknown engine {name!r}: pick one of {', '.join(ENGINES)}")
+    return ENGINES[name]
 
 
 def _blas_threads(threads: int) -> None:

@@ -32,8 +32,6 @@ from typing import Any
 from ..config import Config
 from ..errors import UserError
 
-KINDS = ("params", "grad", "m", "v")  # the four flat arrays every engine keeps
-
 
 def param_shapes(config: Config, vocab_size: int) -> dict[str, tuple[int, int]]:
     """Name -> (n_out, n_in) of every parameter matrix, in the order they are initialised (SPEC 4)."""
@@ -233,7 +231,7 @@ class Engine(ABC):
 
     @abstractmethod
     def _export(self, kind: str) -> dict[str, Any]:
-        """A copy of flat array `kind` (one of KINDS) as name -> 2-D float64 matrix."""
+        """A copy of flat array `kind` ("params", "grad", "m" or "v") as name -> 2-D float64 matrix."""
 
     @abstractmethod
     def _import(self, kind: str, matrices: Mapping[str, Any]) -> None:

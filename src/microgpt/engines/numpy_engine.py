@@ -399,7 +399,8 @@ class NumpyEngine(Engine):
         self.grads = np.zeros(layout.total)
         self.m = np.zeros(layout.total)  # Adam's first moment
         self.v = np.zeros(layout.total)  # Adam's second moment
-        self._tmp = np.empty(layout.total), np.empty(layout.total)  # scratch for the optimizer step
+        # Scratch for the optimizer step; the first keeps the last update (zero before any), for its size.
+        self._tmp = np.zeros(layout.total), np.empty(layout.total)
         self.p = layout.views(self.params)  # name -> (n_out, n_in) view
         self.g = layout.views(self.grads)
         self.blocks = [self._block(self.params, i) for i in range(config.n_layer)]
@@ -407,7 +408,6 @@ class NumpyEngine(Engine):
         self._saved: Activations | None = None  # what backward needs from the last forward
         self._starts = np.array(list(layout.offsets.values()))  # where each matrix starts in the flat arrays
         self._squares = np.empty((3, layout.total))  # scratch for the matrix statistics
-        self._stepped = False  # whether _tmp[0] holds an update
 
     def _block(self, flat: Array, i: int) -> BlockWeights:
         views = self.layout.views(flat)
@@ -511,7 +511,6 @@ class NumpyEngine(Engine):
         # The operations of microgpt.optim.Adam, element-wise on the flat arrays, in its order.
         c, p, g = self.config, self.params, self.grads
         t1, t2 = self._tmp
-        self._stepped = True
         if c.weight_decay:  # decoupled (AdamW): shrink every weight before the update
             p -= np.multiply(p, lr_t * c.weight_decay, out=t1)
         if c.optimizer == "sgd":
@@ -547,9 +546,7 @@ class NumpyEngine(Engine):
         self.grads *= factor
 
     def _sum_squares(self, kind: str) -> list[float]:
-        flat = {"params": self.params, "grad": self.grads}.get(kind)
-        if flat is None:  # the update: what the last step subtracted, kept in the scratch array
-            flat = self._tmp[0] if self._stepped else np.zeros(self.layout.total)
+        flat = {"params": self.params, "grad": self.grads, "update": self._tmp[0]}[kind]
         with np.errstate(all="ignore"):  # a diverging run's statistics are inf: its loss says so, not a warning
             return np.add.reduceat(flat * flat, self._starts).tolist()
 
@@ -559,10 +556,7 @@ class NumpyEngine(Engine):
         with np.errstate(all="ignore"):  # a diverging run's statistics are inf: its loss says so, not a warning
             np.square(self.grads, out=squares[0])
             np.square(self.params, out=squares[1])
-            if self._stepped:
-                np.square(self._tmp[0], out=squares[2])
-            else:
-                squares[2].fill(0.0)
+            np.square(self._tmp[0], out=squares[2])
             return tuple(np.sqrt(np.add.reduceat(squares, self._starts, axis=1)).tolist())  # (3, matrices)
 
     # Evaluation and sampling.
@@ -582,8 +576,7 @@ class NumpyEngine(Engine):
             return self._gpt(np.array([token_id]), cache, pos_id)[0][0].tolist()
 
     def window_logits(self, tokens: list[int]) -> list[float]:
-        with np.errstate(all="ignore"):
-            return self._gpt(np.array(tokens))[0][-1].tolist()
+        return self.logits(tokens)[-1].tolist()
 
     # The four flat arrays.
 
