@@ -5,7 +5,7 @@ declared once. Each command lives in its own module with `configure(parser)` and
 a `UserError` anywhere becomes one line on stderr and exit status 2.
 
 Exports: `main`, `add_config_arguments`, `config_from_args`, `config_overrides`, `data_arguments`,
-`step_arguments`, `engine_arguments`.
+`step_arguments`, `step_example`, `engine_arguments`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,16 @@ import importlib
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Config, flag_of
 from .errors import Interrupted, UserError, WriteFailure
+
+if TYPE_CHECKING:
+    import random
+
+    from .data import Dataset
 
 # command -> (module, one-line description); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -87,6 +93,16 @@ def step_arguments(group: argparse._ArgumentGroup) -> None:
                        "document of the shuffled data, training's step 1); it must use the data's characters")
     group.add_argument("--seed", type=int, default=argparse.SUPPRESS, metavar="N",
                        help="seed of the shuffle and the initial weights (default: 42)")
+
+
+def step_example(args: argparse.Namespace, config: Config) -> tuple[Dataset, random.Random, str, list[int]]:
+    """What step_arguments name: the data and the generator as training starts them (shuffled with
+    the one generator), the step's document and its tokens."""
+    from .data import prepare
+
+    data, rng = prepare(config, args.data, sha256=args.sha256)
+    doc = data.docs[0] if args.doc is None else args.doc
+    return data, rng, doc, data.tokenizer.example(doc)
 
 
 def engine_arguments(group: argparse._ArgumentGroup, parser: argparse.ArgumentParser,

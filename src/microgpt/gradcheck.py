@@ -18,8 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .cli import add_config_arguments, config_from_args, step_arguments
-from .data import prepare
+from .cli import add_config_arguments, config_from_args, step_arguments, step_example
 from .engines import ENGINES, create_engine
 from .engines.base import Engine
 from .errors import UserError
@@ -150,9 +149,7 @@ def main(args: argparse.Namespace) -> int:
         max_params = DEFAULT_MAX_PARAMS_SCALAR if args.engine == "scalar" else DEFAULT_MAX_PARAMS
 
     # The same start as training: shuffle with the one generator, then initialise from it.
-    data, rng = prepare(config, args.data, sha256=args.sha256)
-    doc = data.docs[0] if args.doc is None else args.doc
-    tokens = data.tokenizer.example(doc)
+    data, rng, doc, tokens = step_example(args, config)
     options = {"device": args.device or "cpu", "dtype": "float64"} if args.engine == "torch" else {}
     engine = create_engine(args.engine, config, data.tokenizer.vocab_size, rng, **options)
     try:

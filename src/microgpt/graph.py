@@ -30,9 +30,9 @@ from collections.abc import Container
 from pathlib import Path
 
 from .autograd import Value, topological_order
-from .cli import add_config_arguments, config_from_args, step_arguments
+from .cli import add_config_arguments, config_from_args, step_arguments, step_example
 from .config import Config
-from .data import prepare, write_atomic
+from .data import write_atomic
 from .errors import UserError
 from .model import document_loss, init_params
 
@@ -398,10 +398,8 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(NO_DOT)
 
     # The same start as training: shuffle with the one generator, then initialise from it.
-    data, rng = prepare(config, args.data, sha256=args.sha256)
+    data, rng, doc, tokens = step_example(args, config)
     tokenizer = data.tokenizer
-    doc = data.docs[0] if args.doc is None else args.doc
-    tokens = tokenizer.example(doc)
     params = init_params(config, tokenizer.vocab_size, rng)
     loss = document_loss(tokens, params, config)  # 5.3: the forward pass builds the graph...
     loss.backward()  # ...and 5.5: backward() walks it, leaving a grad in every node
