@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plotting
-from .config import TRAJECTORY_FIELDS, Config, flag_of
+from .config import TRAJECTORY_FIELDS, Config, default_val_fraction, flag_of
 from .errors import UserError
 from .metrics import MetricsError, list_runs, read_metrics
 
@@ -78,7 +78,7 @@ def _settings(run: dict[str, Any]) -> dict[str, Any]:
     for name in TRAJECTORY_FIELDS:
         out[name] = config.get(name, defaults[name])
     if out["val_fraction"] is None:  # settled by the data format, as Config.validate does
-        out["val_fraction"] = 0.1 if out["data_format"] == "text" else 0.0
+        out["val_fraction"] = default_val_fraction(out["data_format"])
     return out
 
 

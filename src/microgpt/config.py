@@ -6,7 +6,7 @@ chapter 7 what the book's loop leaves out; a last group holds what a user of nan
 generated from these fields (see `microgpt.cli`), so each default is declared here and nowhere
 else. Standard library only.
 
-Exports: `Config`, `ConfigError`, `TRAJECTORY_FIELDS`, `flag_of`.
+Exports: `Config`, `ConfigError`, `TRAJECTORY_FIELDS`, `default_val_fraction`, `flag_of`.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class Config:
         """
         self._check_types()
         if self.val_fraction is None:
-            self.val_fraction = 0.1 if self.data_format == "text" else 0.0
+            self.val_fraction = default_val_fraction(self.data_format)
         for name in ("n_layer", "n_embd", "block_size", "n_head", "num_steps", "batch_size", "eval_windows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{flag_of(name)} must be a positive integer, got {getattr(self, name)!r}")
@@ -170,13 +170,15 @@ class Config:
 
 
 # Fields that change what training computes: a resumed run must keep them, and `compare` labels
-# runs by them.
-TRAJECTORY_FIELDS = (
-    "n_layer", "n_embd", "block_size", "n_head", "init_std", "num_steps", "learning_rate", "beta1",
-    "beta2", "eps_adam", "seed", "optimizer", "lr_schedule", "bias_correction", "zero_grad",
-    "zero_grad_before", "batch_size", "warmup_steps", "val_fraction", "data_format", "grad_clip",
-    "weight_decay", "dropout", "min_lr",
-)
+# runs by them. Every field but those that only say how to report or sample, so that a field added
+# to Config is kept on resume unless it is named here.
+REPORTING_FIELDS = ("eval_every", "eval_windows", "temperature", "num_samples", "top_k")
+TRAJECTORY_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in REPORTING_FIELDS)
+
+
+def default_val_fraction(data_format: str) -> float:
+    """The one default that depends on the mode: text holds out its last 10%, lines nothing."""
+    return 0.1 if data_format == "text" else 0.0
 
 
 def flag_of(name: str) -> str:
