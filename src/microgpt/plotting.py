@@ -288,7 +288,7 @@ def save_figure(fig: Figure, path: Path) -> None:
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # a label holding a character the font lacks is drawn as a box, not a warning
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        fig.savefig(buffer, format=path.suffix.lower()[1:], dpi=DPI)
+        fig.savefig(buffer, format=path.suffix.lower()[1:], dpi=fig.dpi)
     try:
         write_atomic(path, buffer.getvalue())
     except OSError as e:

@@ -14,7 +14,6 @@ Exports: `configure`, `main`, `Trace`, `Row`, `example_of`, `trace`, `format_tab
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import sys
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import load_checkpoint
-from .data import write_atomic
 from .engines.base import Engine
 from .errors import UserError
 from .guard import check_output_file
+from .plotting import save_figure
 from .tokenizer import Tokenizer, TokenizerError
 
 TOP = 5  # likeliest next tokens shown per position
@@ -171,10 +170,8 @@ def write_attention_png(result: Trace, tokenizer: Tokenizer, path: Path, title: 
             if h == 0:
                 ax.set_ylabel("position attending", fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
-    fig.suptitle(title, fontsize=10)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    write_atomic(path, buffer.getvalue())
+    fig.suptitle(title, fontsize=10, parse_math=False)  # the text is the user's: a "$" is a dollar sign
+    save_figure(fig, path)
 
 
 # --- the command --------------------------------------------------------------------------
