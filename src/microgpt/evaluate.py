@@ -203,18 +203,17 @@ def _eval(args: argparse.Namespace, checkpoint: Checkpoint, engine: Engine) -> i
     if data is None:
         raise CheckpointError(f"the training data of {args.checkpoint} ({checkpoint.meta.get('data') or 'names'}) "
                               "is not there or has changed: pass --data FILE")
-    try:
-        if data.format == "lines":
-            [data.tokenizer.encode(doc) for doc in data.docs]
-    except TokenizerError as e:
-        raise UserError(f"{data.path}: {e}") from None
     if data.format == "lines":
+        # train_docs + val_docs is docs in order, so a bad character is named where it first occurs.
         parts = [("all", data.docs)] if args.data else [("train", data.train_docs), ("val", data.val_docs)]
-        splits = [(name, [data.tokenizer.example(d) for d in docs], f"{len(docs)} documents")
-                  for name, docs in parts if docs]
+        try:
+            splits = [(name, [data.tokenizer.example(d) for d in docs], f"{len(docs)} documents")
+                      for name, docs in parts if docs]
+        except TokenizerError as e:
+            raise UserError(f"{data.path}: {e}") from None
     else:
-        ids = data.train_ids + data.val_ids
-        parts = [("all", ids)] if args.data else [("train", data.train_ids), ("val", data.val_ids)]
+        parts = ([("all", data.train_ids + data.val_ids)] if args.data
+                 else [("train", data.train_ids), ("val", data.val_ids)])
         splits = [(name, data.windows_from(part, name), f"{config.eval_windows} windows")
                   for name, part in parts if part]
     baseline = math.log(data.tokenizer.vocab_size)
