@@ -19,7 +19,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Config, flag_of
+from .config import Config, field_kind, flag_of
 from .errors import Interrupted, UserError, WriteFailure
 
 if TYPE_CHECKING:
@@ -60,7 +60,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...
             continue
         default = getattr(defaults, f.name)
         help_text = f.metadata.get("help", "")
-        if f.type in ("bool", bool):
+        kind = field_kind(f)
+        if kind == "bool":
             if default:  # a default-on switch gets a --no-... flag
                 sections[group].add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
                                              default=argparse.SUPPRESS, help=help_text)
@@ -68,10 +69,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...
                 sections[group].add_argument(flag_of(f.name), dest=f.name, action="store_true",
                                              default=argparse.SUPPRESS, help=help_text)
             continue
-        kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
         choices = f.metadata.get("choices")
-        metavar = None if choices else {"int": "N", "float": "X"}.get(kind.__name__, "VALUE")
-        sections[group].add_argument(flag_of(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
+        metavar = None if choices else {"int": "N", "float": "X"}.get(kind, "VALUE")
+        parse = {"int": int, "float": float, "str": str}[kind]
+        sections[group].add_argument(flag_of(f.name), dest=f.name, type=parse, default=argparse.SUPPRESS,
                                      choices=choices, metavar=metavar,
                                      help=help_text if default is None else f"{help_text} (default: {default})")
 

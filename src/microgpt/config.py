@@ -6,7 +6,7 @@ chapter 7 what the book's loop leaves out; a last group holds what a user of nan
 generated from these fields (see `microgpt.cli`), so each default is declared here and nowhere
 else. Standard library only.
 
-Exports: `Config`, `ConfigError`, `TRAJECTORY_FIELDS`, `default_val_fraction`, `flag_of`.
+Exports: `Config`, `ConfigError`, `TRAJECTORY_FIELDS`, `default_val_fraction`, `field_kind`, `flag_of`.
 """
 
 from __future__ import annotations
@@ -138,25 +138,24 @@ class Config:
     def _check_types(self) -> None:
         """Each field holds its declared type (a config read from a file may hold anything)."""
         for f in dataclasses.fields(self):
-            value, kind = getattr(self, f.name), str(f.type)
+            value, kind = getattr(self, f.name), field_kind(f)
             if f.name == "val_fraction" and value is None:
                 continue
-            if kind.startswith("int"):
+            if kind == "int":
                 ok = isinstance(value, int) and not isinstance(value, bool)
-            elif kind.startswith("float"):
+            elif kind == "float":
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             elif kind == "bool":
                 ok = isinstance(value, bool)
             else:
                 ok = isinstance(value, str)
             if not ok:
-                want = {"int": "an integer", "float": "a finite number", "bool": "true or false"}.get(
-                    kind.split(" ")[0], "a string")
+                want = {"int": "an integer", "float": "a finite number", "bool": "true or false"}.get(kind, "a string")
                 raise ConfigError(f"{flag_of(f.name)} must be {want}, got {value!r}")
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ConfigError(f"{flag_of(f.name)} must be one of {', '.join(choices)}, got {value!r}")
-            if kind.startswith("float") and isinstance(value, int):
+            if kind == "float" and isinstance(value, int):
                 setattr(self, f.name, float(value))  # a JSON file may write 1 for 1.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +173,11 @@ class Config:
 # to Config is kept on resume unless it is named here.
 REPORTING_FIELDS = ("eval_every", "eval_windows", "temperature", "num_samples", "top_k")
 TRAJECTORY_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in REPORTING_FIELDS)
+
+
+def field_kind(f: dataclasses.Field) -> str:
+    """A Config field's type as one word: "int", "float", "bool" or "str" (val_fraction's "float | None": "float")."""
+    return str(f.type).split(" ")[0]
 
 
 def default_val_fraction(data_format: str) -> float:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schema as s
-from .config import Config
+from .config import Config, field_kind
 from .data import atomic_file, not_a_regular_file
 from .errors import UserError, WriteFailure
 
@@ -41,7 +41,7 @@ class MetricsError(UserError):
 def _config_fields() -> s.Check:
     """A header's config: every field optional (older files hold fewer), each of its declared type."""
     kinds = {"int": s.integer(), "float": s.number(finite=False), "bool": s.boolean(), "str": s.string(100)}
-    checks = {f.name: kinds[str(f.type).split(" ")[0]] for f in dataclasses.fields(Config)}
+    checks = {f.name: kinds[field_kind(f)] for f in dataclasses.fields(Config)}
     checks["val_fraction"] = s.optional(checks["val_fraction"])
     return s.record(checks)
 
